@@ -1,0 +1,120 @@
+//! `/v1/dead-letters`: listing deliveries that gave up, redriving them, and deleting them.
+
+use super::{empty, json, now_ms, only_fields, opt_str, query_param, read_json_object, ApiError, ApiResult, AppState};
+use crate::model::{endpoint_id, format_time, parse_numbered_id, DeadLetter};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+pub fn list(state: &AppState, query: &str) -> ApiResult {
+    let limit = match query_param(query, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a number from 1 to {MAX_LIMIT}")))?,
+    };
+    let after = match query_param(query, "after") {
+        None => 0,
+        Some(c) => parse_numbered_id("dl_", &c).ok_or_else(|| ApiError::invalid("`after` is not a cursor from a previous page"))?,
+    };
+    let filter = Filter::from_query(state, query)?;
+    let mut page = state.store.dead_letters(after, limit + 1, |dl| filter.keep(state, dl))?;
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|dl| dl.id())
+    } else {
+        None
+    };
+    let items: Vec<Value> = page.iter().map(|dl| view(state, dl)).collect();
+    Ok(json(StatusCode::OK, &json!({"dead_letters": items, "next": next})))
+}
+
+pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
+    let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
+    if state.store.retry_dead_letters(vec![seq], now_ms()).await? == 0 {
+        return Err(ApiError::not_found("dead letter"));
+    }
+    Ok(json(StatusCode::ACCEPTED, &json!({"requeued": 1})))
+}
+
+pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let map = read_json_object(state, req).await?;
+    only_fields(&map, &["endpoint_id", "event_type"])?;
+    let filter = Filter {
+        endpoint: match opt_str(&map, "endpoint_id")? {
+            None => None,
+            Some(id) => Some(parse_numbered_id("ep_", id).ok_or_else(|| ApiError::not_found("endpoint"))?),
+        },
+        event_type: opt_str(&map, "event_type")?.map(str::to_string),
+    };
+    let mut after = 0;
+    let mut requeued = 0;
+    loop {
+        let page = state.store.dead_letters(after, 1000, |dl| filter.keep(state, dl))?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        requeued += state.store.retry_dead_letters(page.iter().map(|dl| dl.seq).collect(), now_ms()).await?;
+    }
+    Ok(json(StatusCode::ACCEPTED, &json!({"requeued": requeued})))
+}
+
+pub async fn delete(state: &AppState, id: &str) -> ApiResult {
+    let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
+    if !state.store.delete_dead_letter(seq).await? {
+        return Err(ApiError::not_found("dead letter"));
+    }
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+struct Filter {
+    endpoint: Option<u64>,
+    event_type: Option<String>,
+}
+
+impl Filter {
+    fn from_query(_state: &AppState, query: &str) -> Result<Filter, ApiError> {
+        Ok(Filter {
+            endpoint: match query_param(query, "endpoint_id") {
+                None => None,
+                // An id that cannot exist matches nothing.
+                Some(id) => Some(parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
+            },
+            event_type: query_param(query, "event_type"),
+        })
+    }
+
+    fn keep(&self, state: &AppState, dl: &DeadLetter) -> bool {
+        if self.endpoint.is_some_and(|e| e != dl.endpoint_num) {
+            return false;
+        }
+        match &self.event_type {
+            None => true,
+            Some(t) => state.store.event(dl.event_seq).ok().flatten().is_some_and(|ev| &ev.event_type == t),
+        }
+    }
+}
+
+fn view(state: &AppState, dl: &DeadLetter) -> Value {
+    let event = state.store.event(dl.event_seq).ok().flatten();
+    let endpoint = state.store.endpoint(dl.endpoint_num);
+    json!({
+        "id": dl.id(),
+        "delivery_id": crate::model::delivery_id(dl.delivery_seq),
+        "event_id": event.as_ref().map(|e| e.id.clone()),
+        "event_type": event.as_ref().map(|e| e.event_type.clone()),
+        "endpoint_id": endpoint_id(dl.endpoint_num),
+        "partner_id": endpoint.as_ref().map(|e| e.partner_id.clone()).or(event.as_ref().map(|e| e.partner_id.clone())),
+        "url": endpoint.as_ref().map(|e| e.url.clone()),
+        "attempts": dl.attempts,
+        "last_status_code": dl.last_status_code,
+        "last_error": dl.last_error,
+        "first_attempt_at": dl.first_attempt_at_ms.map(format_time),
+        "dead_at": format_time(dl.dead_at_ms),
+        "reason": dl.reason.as_str(),
+    })
+}

@@ -1,0 +1,335 @@
+//! The HTTP interface: connections, routing, the admin token, body limits, and the one place errors become responses.
+
+mod dead_letters;
+mod endpoints;
+mod events;
+mod status;
+
+use crate::config::Config;
+use crate::delivery::SchedulerHandle;
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub scheduler: SchedulerHandle,
+    pub metrics: Arc<Metrics>,
+    /// The admin token every path but `/healthz` requires.
+    pub token: String,
+    pub started: Instant,
+    /// False while starting and once stopping: `/healthz` answers 503 then, and new requests get `shutting_down`.
+    pub ready: AtomicBool,
+    /// Set when ingest must refuse because `storage.max_bytes` is reached; refreshed in the background.
+    pub storage_full: AtomicBool,
+}
+
+pub type Body = Full<Bytes>;
+
+/// An error as the client sees it: a status, a stable code and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "storage failure");
+        match e {
+            StoreError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the daemon is shutting down; retry shortly",
+            ),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed"),
+        }
+    }
+}
+
+pub type ApiResult = Result<Response<Body>, ApiError>;
+
+/// Serves HTTP on `listener` until `shutdown` fires, then lets requests in progress finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdown) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+        tracing::warn!("some HTTP connections did not close in time");
+    }
+}
+
+async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    let result = route(state, req).await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    if method == Method::GET && segments == ["healthz"] {
+        return Ok(status::healthz(state));
+    }
+    authorize(state, &req)?;
+    if !state.ready.load(Ordering::Relaxed) {
+        return Err(shutting_down());
+    }
+    let query = req.uri().query().unwrap_or("").to_string();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "events"]) => events::create(state, req).await,
+        (&Method::POST, ["v1", "events", "batch"]) => events::create_batch(state, req).await,
+        (&Method::GET, ["v1", "events", id]) => events::get(state, id),
+        (&Method::POST, ["v1", "events", id, "redeliver"]) => {
+            let id = id.to_string();
+            events::redeliver(state, &id, req).await
+        }
+        (&Method::GET, ["v1", "event-types"]) => Ok(status::event_types()),
+        (&Method::POST, ["v1", "endpoints"]) => endpoints::create(state, req).await,
+        (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state, &query),
+        (&Method::GET, ["v1", "endpoints", id]) => endpoints::get(state, id),
+        (&Method::PATCH, ["v1", "endpoints", id]) => {
+            let id = id.to_string();
+            endpoints::patch(state, &id, req).await
+        }
+        (&Method::DELETE, ["v1", "endpoints", id]) => endpoints::delete(state, id).await,
+        (&Method::GET, ["v1", "endpoints", id, "secret"]) => endpoints::secret(state, id),
+        (&Method::POST, ["v1", "endpoints", id, action]) => {
+            let (id, action) = (id.to_string(), action.to_string());
+            endpoints::action(state, &id, &action, req).await
+        }
+        (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, &query),
+        (&Method::POST, ["v1", "dead-letters", "retry"]) => dead_letters::retry_many(state, req).await,
+        (&Method::POST, ["v1", "dead-letters", id, "retry"]) => dead_letters::retry_one(state, id).await,
+        (&Method::DELETE, ["v1", "dead-letters", id]) => dead_letters::delete(state, id).await,
+        (&Method::GET, ["status"]) => status::status(state),
+        (&Method::GET, ["metrics"]) => Ok(status::metrics(state)),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such path: {method} {path}"),
+        )),
+    }
+}
+
+fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare digests so neither the content nor the length of the token leaks through timing.
+    use sha2::{Digest, Sha256};
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(state.token.as_bytes());
+    if given.is_empty() || !bool::from(a.ct_eq(&b)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin token is required: authorization: Bearer <token>",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the whole body, refusing more than `server.max_body_bytes` without reading past it.
+pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let max = state.config.server.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {max} bytes (server.max_body_bytes)"),
+        )
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len: u64 = len.to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+        if len > max as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+    }
+}
+
+/// Reads a JSON object body; an empty body is an empty object.
+pub async fn read_json_object(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let body = read_body(state, req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match parse_json(&body)? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid("the request body must be a JSON object")),
+    }
+}
+
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+    })
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("response values serialize");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+pub fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder().status(status).body(Full::new(Bytes::new())).expect("valid response")
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut resp = json(
+        e.status,
+        &serde_json::json!({"error": {"code": e.code, "message": e.message}}),
+    );
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+    }
+    resp
+}
+
+pub fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the daemon is starting or shutting down; retry shortly",
+    )
+}
+
+/// The value of `name` in a query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A string field of a JSON object: absent is `None`, a non-string is an error naming the field.
+pub fn opt_str<'a>(
+    map: &'a serde_json::Map<String, serde_json::Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match map.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("`{field}` must be a string"))),
+    }
+}
+
+/// Refuses fields outside `allowed`, so a misspelt field is an error instead of being ignored.
+pub fn only_fields(
+    map: &serde_json::Map<String, serde_json::Value>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(format!(
+            "unknown field `{k}`; allowed fields are {}",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}

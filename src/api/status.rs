@@ -1,0 +1,92 @@
+//! `/healthz`, `/status`, `/metrics` and `/v1/event-types`: what operators and producers read about the daemon.
+
+use super::{json, now_ms, ApiResult, AppState, Body};
+use crate::catalog;
+use crate::model::{endpoint_id, format_time};
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+pub fn healthz(state: &AppState) -> Response<Body> {
+    let (status, text) = if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(text.as_bytes())))
+        .expect("valid response")
+}
+
+pub fn event_types() -> Response<Body> {
+    let types: Vec<Value> = catalog::event_types()
+        .iter()
+        .map(|t| json!({"type": t.name, "description": t.description, "partner_action": t.partner_action, "sample": t.sample}))
+        .collect();
+    json(StatusCode::OK, &json!({"event_types": types}))
+}
+
+pub fn status(state: &AppState) -> ApiResult {
+    let c = state.store.counters();
+    let in_flight = state.scheduler.in_flight_count();
+    let now = now_ms();
+    let mut endpoints = Vec::new();
+    for ep in state.store.endpoints() {
+        let h = state.store.health(ep.num)?;
+        let health = if !ep.enabled {
+            "disabled"
+        } else if h.consecutive_failures > 0 {
+            "failing"
+        } else {
+            "healthy"
+        };
+        endpoints.push(json!({
+            "id": endpoint_id(ep.num),
+            "partner_id": ep.partner_id,
+            "environment": ep.environment.as_str(),
+            "url": ep.url,
+            "enabled": ep.enabled,
+            "health": health,
+            "consecutive_failures": h.consecutive_failures,
+            "last_status_code": h.last_status_code,
+            "last_success_at": h.last_success_at_ms.map(format_time),
+            "last_failure_at": h.last_failure_at_ms.map(format_time),
+            "pending": state.scheduler.endpoint_pending(ep.num),
+        }));
+    }
+    let oldest = state.scheduler.oldest_due_ms().map(|due| now.saturating_sub(due) / 1000);
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "storage": {"dir": state.store.dir().display().to_string(), "bytes": state.metrics.storage_bytes.get()},
+            "queue": {
+                "pending": c.pending.saturating_sub(in_flight as u64),
+                "in_flight": in_flight,
+                "retrying": c.retrying,
+                "oldest_pending_age_seconds": oldest,
+            },
+            "dead_letters": c.dead_letters,
+            "totals": {
+                "events": c.events,
+                "deliveries_succeeded": c.deliveries_succeeded,
+                "attempts_failed": c.attempts_failed,
+            },
+            "endpoints": endpoints,
+        }),
+    ))
+}
+
+pub fn metrics(state: &AppState) -> Response<Body> {
+    let text = state.metrics.render(&state.store.counters(), state.scheduler.in_flight_count());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(Full::new(Bytes::from(text)))
+        .expect("valid response")
+}

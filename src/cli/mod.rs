@@ -1,0 +1,2 @@
+//! Command-line subcommands that are not the daemon itself.
+pub mod partner;

@@ -1,0 +1,1781 @@
+//! Settings: `Config` from the TOML file and the environment, its validation, the admin token.
+//!
+//! This is the only module that reads settings. Everything is read and checked here, before
+//! anything binds or opens the store, so a bad file stops start-up with one sentence that names
+//! the key (`main` prints it and exits with code 64).
+//!
+//! The keys are those of `spec/API.md` section 3, plus two extras: `delivery.use_system_roots`
+//! and `retention.interval`. The environment is read through a function passed in
+//! ([`Config::load_with_env`], [`load_admin_token`]), so tests never touch the process environment.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::Deserialize;
+
+/// The environment variable naming the config file when no path is given on the command line.
+pub const CONFIG_ENV: &str = "PREFLIX_WEBHOOKD_CONFIG";
+
+/// Every setting of the daemon; `Default` gives the values of `spec/API.md` section 3.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// The admin HTTP interface: where it listens, how callers authenticate, what it accepts.
+    pub server: ServerConfig,
+    /// Where the sled database lives and how large it may grow.
+    pub storage: StorageConfig,
+    /// How outbound attempts are made and which receivers may be contacted.
+    pub delivery: DeliveryConfig,
+    /// When a failed attempt is tried again.
+    pub retry: RetryConfig,
+    /// When an endpoint that keeps failing is given up on.
+    pub endpoints: EndpointsConfig,
+    /// How long finished data is kept.
+    pub retention: RetentionConfig,
+    /// What is logged and in which format.
+    pub log: LogConfig,
+}
+
+/// Settings of the admin HTTP interface (`[server]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The address producers and operators reach the daemon on; localhost by default because
+    /// the admin token is the only protection. Port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// A file holding the admin token, for operators who manage the secret themselves; `None`
+    /// (the key absent or `""`) means `$CREDENTIALS_DIRECTORY/admin_token` if that exists, else
+    /// `<storage.dir>/admin.token`, generated on first start.
+    pub token_file: Option<PathBuf>,
+    /// The largest request body accepted (413 above it), so one producer cannot exhaust memory
+    /// or storage. Between 1 KiB and 64 MiB: a realistic event needs a few hundred bytes, and
+    /// the body is stored whole in one sled record. sled 0.34 writes any node larger than a
+    /// quarter of its 512 KiB log segment to a separate blob file, read and written whole, so
+    /// every body of many MiB costs a blob file, its fsync and its size in memory on each write;
+    /// 64 MiB bounds that cost per event.
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for attempts in flight before exiting anyway; cut-off attempts are
+    /// made again after the restart.
+    pub shutdown_grace: Duration,
+}
+
+/// Settings of the embedded database (`[storage]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    /// The sled database directory (relative paths are relative to the working directory); under
+    /// systemd it defaults to the first entry of `$STATE_DIRECTORY` when the file does not set it.
+    pub dir: PathBuf,
+    /// The database size past which ingest answers 503 with Retry-After instead of filling the
+    /// disk; 0 means no limit.
+    pub max_bytes: u64,
+}
+
+/// Settings of outbound attempts (`[delivery]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// The limit on a whole attempt (connect, send, response head), so a slow receiver cannot hold
+    /// a slot for ever; always more than zero.
+    pub timeout: Duration,
+    /// The limit on connecting alone, so unreachable hosts fail fast; it may exceed `timeout`,
+    /// in which case `timeout` is the one that bites.
+    pub connect_timeout: Duration,
+    /// The number of attempts in flight across all endpoints, which bounds sockets and memory;
+    /// between 1 and 65536.
+    pub max_in_flight: usize,
+    /// Whether endpoints may resolve to loopback, private, link-local, CGNAT, multicast or
+    /// reserved addresses; false by default so a partner cannot aim the daemon at the internal
+    /// network.
+    pub allow_private_networks: bool,
+    /// Whether production endpoints must use https (sandbox endpoints may always use http), so
+    /// signed payloads do not cross the internet in clear.
+    pub require_https: bool,
+    /// Whether the operating system's trust store is used in addition to the bundled webpki roots,
+    /// for receivers behind a private CA; false by default so behaviour does not depend on the
+    /// host.
+    pub use_system_roots: bool,
+}
+
+/// Settings of the retry policy (`[retry]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// The delay before attempt 2, 3, ...; its length fixes how many attempts a delivery gets
+    /// (see [`Config::attempts_per_delivery`]). Every entry is more than zero.
+    pub schedule: Vec<Duration>,
+    /// Each delay is multiplied by a random factor in `[1 - jitter, 1 + jitter]`, so deliveries
+    /// that failed together do not all retry at the same instant; between 0 and 1.
+    pub jitter: f64,
+    /// The longest a receiver's Retry-After is honoured, so a receiver cannot park a delivery
+    /// for ever.
+    pub max_retry_after: Duration,
+}
+
+/// Settings about endpoints (`[endpoints]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointsConfig {
+    /// An endpoint failing without a single success for this long is disabled, so dead receivers
+    /// stop costing attempts; 0 disables at the first failure.
+    pub disable_after: Duration,
+}
+
+/// Settings of the purge of finished data (`[retention]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionConfig {
+    /// Events whose deliveries are all final are purged after this, and so is their id (a
+    /// retried ingest older than this is accepted as new); keeps the database bounded.
+    pub events: Duration,
+    /// Dead letters are purged after this, giving operators time to inspect and replay them.
+    pub dead_letters: Duration,
+    /// How often the purge runs; an extra key, more than zero.
+    pub interval: Duration,
+}
+
+/// Settings of logging (`[log]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// A level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or an EnvFilter-style list of
+    /// directives such as `info,hyper=warn`; validated here so a typo stops start-up.
+    pub level: String,
+    /// Text for people reading a terminal or the journal, JSON for log collectors.
+    pub format: LogFormat,
+}
+
+/// The log line format (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (`"text"`).
+    #[default]
+    Text,
+    /// One JSON object a line (`"json"`).
+    Json,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8790)),
+            token_file: None,
+            max_body_bytes: 262_144,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: PathBuf::from("data/db"),
+            max_bytes: 0,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            max_in_flight: 256,
+            allow_private_networks: false,
+            require_https: true,
+            use_system_roots: false,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        RetryConfig {
+            schedule: vec![
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                hours(2),
+                hours(5),
+                hours(10),
+                hours(14),
+                hours(20),
+                hours(24),
+            ],
+            jitter: 0.2,
+            max_retry_after: hours(24),
+        }
+    }
+}
+
+impl Default for EndpointsConfig {
+    fn default() -> Self {
+        EndpointsConfig {
+            disable_after: Duration::from_secs(5 * DAY),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            events: Duration::from_secs(30 * DAY),
+            dead_letters: Duration::from_secs(30 * DAY),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a config file's text; absent keys keep their defaults.
+    ///
+    /// The environment is not consulted (see [`Config::load`]).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text, None).map(|parsed| parsed.config)
+    }
+
+    /// Loads the config the daemon runs with, reading the process environment.
+    ///
+    /// See [`Config::load_with_env`].
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, &process_env)
+    }
+
+    /// Loads the config from `path`, else from the file named by `PREFLIX_WEBHOOKD_CONFIG` when it
+    /// is set and not empty, else the defaults; then, if the file did not set `storage.dir` and
+    /// `STATE_DIRECTORY` is set (systemd), uses its first colon-separated entry.
+    ///
+    /// `env` looks up an environment variable; tests pass a closure instead of setting variables.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => Some(path.to_path_buf()),
+            None => env(CONFIG_ENV)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from),
+        };
+        let parsed = match file {
+            Some(file) => {
+                let text = fs::read_to_string(&file).map_err(|io| ConfigError::Read {
+                    path: file.clone(),
+                    io,
+                })?;
+                parse(&text, Some(file))?
+            }
+            None => Parsed {
+                config: Config::default(),
+                storage_dir_given: false,
+            },
+        };
+        let mut config = parsed.config;
+        if !parsed.storage_dir_given {
+            if let Some(state) = env("STATE_DIRECTORY") {
+                if let Some(first) = state.split(':').next().filter(|dir| !dir.is_empty()) {
+                    config.storage.dir = PathBuf::from(first);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The number of attempts a delivery gets before it is dead-lettered: the first one plus one
+    /// per entry of `retry.schedule`.
+    pub fn attempts_per_delivery(&self) -> usize {
+        1 + self.retry.schedule.len()
+    }
+}
+
+/// Why the settings could not be loaded. Each message is one sentence naming the key and the
+/// file, meant to be printed before exiting with code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {io}", .path.display())]
+    Read {
+        /// The file that was named.
+        path: PathBuf,
+        /// What the operating system said.
+        io: io::Error,
+    },
+    /// The text is not TOML.
+    #[error("{} is not valid TOML: {message}", origin(.file))]
+    Syntax {
+        /// The file, or `None` for text given directly.
+        file: Option<PathBuf>,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key or table that the daemon does not know, most likely a typo.
+    #[error("{}: unknown key {key}; {accepted}", origin(.file))]
+    UnknownKey {
+        /// The file, or `None` for text given directly.
+        file: Option<PathBuf>,
+        /// The dotted key, such as `server.lisen`.
+        key: String,
+        /// What is accepted there, or a guess at what was meant.
+        accepted: String,
+    },
+    /// A value of the wrong TOML type.
+    #[error("{}: {key} must be {expected}, not {found}", origin(.file))]
+    WrongType {
+        /// The file, or `None` for text given directly.
+        file: Option<PathBuf>,
+        /// The dotted key, such as `retry.schedule[2]`.
+        key: String,
+        /// The type the key takes.
+        expected: &'static str,
+        /// The type it was given.
+        found: &'static str,
+    },
+    /// A value of the right type that is out of range or malformed.
+    #[error("{}: {key} = {value} is invalid: {reason}", origin(.file))]
+    Invalid {
+        /// The file, or `None` for text given directly.
+        file: Option<PathBuf>,
+        /// The dotted key, such as `retry.jitter`.
+        key: String,
+        /// The value as written in TOML.
+        value: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// An admin token file that exists (or must exist) could not be read.
+    #[error("cannot read the admin token file {} (from {key}): {io}", .path.display())]
+    TokenRead {
+        /// Where the path came from: `server.token_file`, `$CREDENTIALS_DIRECTORY`, `storage.dir`.
+        key: &'static str,
+        /// The token file.
+        path: PathBuf,
+        /// What the operating system said.
+        io: io::Error,
+    },
+    /// An admin token file that is missing, empty or holds an unusable token.
+    #[error("the admin token file {} (from {key}) {reason}", .path.display())]
+    TokenInvalid {
+        /// Where the path came from: `server.token_file`, `$CREDENTIALS_DIRECTORY`, `storage.dir`.
+        key: &'static str,
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong with it, as the end of a sentence.
+        reason: &'static str,
+    },
+    /// A new admin token could not be written under `storage.dir`.
+    #[error("cannot create the admin token file {} in storage.dir: {io}", .path.display())]
+    TokenWrite {
+        /// The token file.
+        path: PathBuf,
+        /// What the operating system said.
+        io: io::Error,
+    },
+}
+
+impl ConfigError {
+    /// The dotted config key (or environment variable) the error is about, if there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { key, .. }
+            | ConfigError::WrongType { key, .. }
+            | ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::TokenRead { key, .. } | ConfigError::TokenInvalid { key, .. } => Some(key),
+            ConfigError::TokenWrite { .. } => Some("storage.dir"),
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+        }
+    }
+}
+
+/// The token callers of the admin interface present as `authorization: Bearer <token>`.
+#[derive(Clone)]
+pub struct AdminToken {
+    /// The token itself, trimmed; never logged (`Debug` redacts it).
+    pub token: String,
+    /// The file it was read from or written to, so start-up can say where to find it.
+    pub source: PathBuf,
+    /// True when this start generated it, so start-up can tell the operator a new one exists.
+    pub generated: bool,
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("token", &"<redacted>")
+            .field("source", &self.source)
+            .field("generated", &self.generated)
+            .finish()
+    }
+}
+
+/// Finds the admin token: `server.token_file` if set (it must exist), else
+/// `$CREDENTIALS_DIRECTORY/admin_token` if that file exists, else `<storage.dir>/admin.token`,
+/// which is generated (32 random bytes as 64 lowercase hex digits, mode 0600) if missing.
+///
+/// Tokens are trimmed of surrounding whitespace and must be non-empty visible ASCII.
+/// `env` looks up an environment variable; tests pass a closure instead of setting variables.
+pub fn load_admin_token(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AdminToken, ConfigError> {
+    if let Some(path) = &config.server.token_file {
+        return read_token(path, "server.token_file")?.ok_or_else(|| ConfigError::TokenInvalid {
+            key: "server.token_file",
+            path: path.clone(),
+            reason: "does not exist",
+        });
+    }
+    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
+        if let Some(token) = read_token(
+            &Path::new(&dir).join(CREDENTIAL_NAME),
+            "$CREDENTIALS_DIRECTORY",
+        )? {
+            return Ok(token);
+        }
+    }
+    let path = config.storage.dir.join(TOKEN_FILE_NAME);
+    match read_token(&path, "storage.dir")? {
+        Some(token) => Ok(token),
+        None => generate_token(&config.storage.dir, &path),
+    }
+}
+
+/// [`load_admin_token`] with the process environment.
+pub fn load_admin_token_from_process_env(config: &Config) -> Result<AdminToken, ConfigError> {
+    load_admin_token(config, &process_env)
+}
+
+/// Looks up a variable of the process environment; a value that is not UTF-8 counts as unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The name of the admin token among systemd credentials (`LoadCredential=admin_token:...`).
+const CREDENTIAL_NAME: &str = "admin_token";
+
+/// The name of the admin token file kept in `storage.dir`.
+const TOKEN_FILE_NAME: &str = "admin.token";
+
+const DAY: u64 = 86_400;
+
+/// The range of `server.max_body_bytes`, 1 KiB to 64 MiB; see [`ServerConfig::max_body_bytes`].
+const BODY_BYTES: RangeInclusive<i64> = 1024..=64 * 1024 * 1024;
+
+/// The range of `delivery.max_in_flight`: each attempt holds a socket, and more than this would
+/// exhaust file descriptors and ports long before it helped.
+const IN_FLIGHT: RangeInclusive<i64> = 1..=65_536;
+
+/// The longest duration accepted (100 years): anything longer is surely a mistake, and the bound
+/// keeps `now + duration` far from overflowing any clock type.
+const MAX_DURATION: Duration = Duration::from_secs(36_500 * DAY);
+
+/// The words a log level may be, in any case.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// The type a key takes, for the check done before deserialising.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Duration,
+    Durations,
+    Int,
+    Float,
+    Bool,
+}
+
+/// Every table and key, in the order of the spec. It must match the `Raw*` structs below (the
+/// tests parse the example file, which holds every key, through both).
+const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
+    (
+        "server",
+        &[
+            ("listen", Kind::Str),
+            ("token_file", Kind::Str),
+            ("max_body_bytes", Kind::Int),
+            ("shutdown_grace", Kind::Duration),
+        ],
+    ),
+    ("storage", &[("dir", Kind::Str), ("max_bytes", Kind::Int)]),
+    (
+        "delivery",
+        &[
+            ("timeout", Kind::Duration),
+            ("connect_timeout", Kind::Duration),
+            ("max_in_flight", Kind::Int),
+            ("allow_private_networks", Kind::Bool),
+            ("require_https", Kind::Bool),
+            ("use_system_roots", Kind::Bool),
+        ],
+    ),
+    (
+        "retry",
+        &[
+            ("schedule", Kind::Durations),
+            ("jitter", Kind::Float),
+            ("max_retry_after", Kind::Duration),
+        ],
+    ),
+    ("endpoints", &[("disable_after", Kind::Duration)]),
+    (
+        "retention",
+        &[
+            ("events", Kind::Duration),
+            ("dead_letters", Kind::Duration),
+            ("interval", Kind::Duration),
+        ],
+    ),
+    ("log", &[("level", Kind::Str), ("format", Kind::Str)]),
+];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<RawServer>,
+    storage: Option<RawStorage>,
+    delivery: Option<RawDelivery>,
+    retry: Option<RawRetry>,
+    endpoints: Option<RawEndpoints>,
+    retention: Option<RawRetention>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    token_file: Option<String>,
+    max_body_bytes: Option<i64>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    dir: Option<String>,
+    max_bytes: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    timeout: Option<String>,
+    connect_timeout: Option<String>,
+    max_in_flight: Option<i64>,
+    allow_private_networks: Option<bool>,
+    require_https: Option<bool>,
+    use_system_roots: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    schedule: Option<Vec<String>>,
+    jitter: Option<f64>,
+    max_retry_after: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoints {
+    disable_after: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    events: Option<String>,
+    dead_letters: Option<String>,
+    interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// A parsed config and what `load` needs to know about how it was written.
+struct Parsed {
+    config: Config,
+    storage_dir_given: bool,
+}
+
+/// Parses `text`: TOML syntax, then keys and types against [`SCHEMA`] (for messages naming the
+/// dotted key), then serde into the `Raw*` structs, then values into a [`Config`].
+fn parse(text: &str, file: Option<PathBuf>) -> Result<Parsed, ConfigError> {
+    let syntax = |error: toml::de::Error| ConfigError::Syntax {
+        file: file.clone(),
+        message: error.to_string().trim_end().to_owned(),
+    };
+    let table: toml::Table = text.parse().map_err(&syntax)?;
+    check_shape(&table, &file)?;
+    // The shape check above accepts only what these structs accept, so this fails only if the
+    // two disagree; the message is still shown rather than lost.
+    let raw: RawConfig = table.try_into().map_err(&syntax)?;
+    let storage_dir_given = raw
+        .storage
+        .as_ref()
+        .is_some_and(|storage| storage.dir.is_some());
+    let config = Convert { file }.config(raw)?;
+    Ok(Parsed {
+        config,
+        storage_dir_given,
+    })
+}
+
+/// Checks every table and key against [`SCHEMA`].
+fn check_shape(table: &toml::Table, file: &Option<PathBuf>) -> Result<(), ConfigError> {
+    for (name, value) in table {
+        let Some((_, keys)) = SCHEMA.iter().find(|(section, _)| section == name) else {
+            return Err(ConfigError::UnknownKey {
+                file: file.clone(),
+                key: name.clone(),
+                accepted: top_level_hint(name),
+            });
+        };
+        let toml::Value::Table(section) = value else {
+            return Err(ConfigError::WrongType {
+                file: file.clone(),
+                key: name.clone(),
+                expected: "a table",
+                found: type_name(value),
+            });
+        };
+        for (key, value) in section {
+            let full = format!("{name}.{key}");
+            let Some((_, kind)) = keys.iter().find(|(known, _)| known == key) else {
+                let names: Vec<&str> = keys.iter().map(|(known, _)| *known).collect();
+                return Err(ConfigError::UnknownKey {
+                    file: file.clone(),
+                    key: full,
+                    accepted: format!("[{name}] accepts {}", names.join(", ")),
+                });
+            };
+            check_kind(&full, *kind, value, file)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that one value has the TOML type its key takes.
+fn check_kind(
+    key: &str,
+    kind: Kind,
+    value: &toml::Value,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    use toml::Value as V;
+    let wrong = |key: String, expected| ConfigError::WrongType {
+        file: file.clone(),
+        key,
+        expected,
+        found: type_name(value),
+    };
+    match (kind, value) {
+        (Kind::Str | Kind::Duration, V::String(_))
+        | (Kind::Int, V::Integer(_))
+        | (Kind::Float, V::Float(_) | V::Integer(_))
+        | (Kind::Bool, V::Boolean(_)) => Ok(()),
+        (Kind::Durations, V::Array(items)) => {
+            match items.iter().enumerate().find(|(_, item)| !item.is_str()) {
+                Some((index, item)) => Err(ConfigError::WrongType {
+                    file: file.clone(),
+                    key: format!("{key}[{index}]"),
+                    expected: "a duration string like \"5s\"",
+                    found: type_name(item),
+                }),
+                None => Ok(()),
+            }
+        }
+        (Kind::Str, _) => Err(wrong(key.to_owned(), "a string")),
+        (Kind::Duration, _) => Err(wrong(key.to_owned(), "a duration string like \"5s\"")),
+        (Kind::Durations, _) => Err(wrong(
+            key.to_owned(),
+            "an array of duration strings like [\"5s\", \"5m\"]",
+        )),
+        (Kind::Int, _) => Err(wrong(key.to_owned(), "an integer")),
+        (Kind::Float, _) => Err(wrong(key.to_owned(), "a number")),
+        (Kind::Bool, _) => Err(wrong(key.to_owned(), "true or false")),
+    }
+}
+
+/// What to say about an unknown top-level key: the table it belongs in if it is a known key
+/// written outside its table, else the list of tables.
+fn top_level_hint(name: &str) -> String {
+    for (section, keys) in SCHEMA {
+        if keys.iter().any(|(key, _)| *key == name) {
+            return format!("did you mean {section}.{name} (under [{section}])?");
+        }
+    }
+    let tables: Vec<String> = SCHEMA
+        .iter()
+        .map(|(section, _)| format!("[{section}]"))
+        .collect();
+    format!("the config has the tables {}", tables.join(", "))
+}
+
+fn type_name(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// The first words of an error message: which file, or that the text was given directly.
+fn origin(file: &Option<PathBuf>) -> String {
+    match file {
+        Some(path) => format!("config file {}", path.display()),
+        None => "config text".to_owned(),
+    }
+}
+
+/// Turns the raw values into a [`Config`], checking each and naming its key when it is refused.
+struct Convert {
+    file: Option<PathBuf>,
+}
+
+impl Convert {
+    /// Builds each table from its raw values (`r`) and its defaults (`d`).
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let (r, d) = (raw.server.unwrap_or_default(), ServerConfig::default());
+        let server = ServerConfig {
+            listen: match r.listen {
+                Some(text) => self.listen(&text)?,
+                None => d.listen,
+            },
+            token_file: match r.token_file {
+                Some(path) => (!path.is_empty()).then(|| PathBuf::from(path)),
+                None => d.token_file,
+            },
+            max_body_bytes: self.int(
+                "server.max_body_bytes",
+                r.max_body_bytes,
+                BODY_BYTES,
+                d.max_body_bytes,
+            )?,
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                r.shutdown_grace,
+                d.shutdown_grace,
+            )?,
+        };
+
+        let (r, d) = (raw.storage.unwrap_or_default(), StorageConfig::default());
+        let storage = StorageConfig {
+            dir: match r.dir {
+                Some(dir) if dir.is_empty() => {
+                    return Err(self.invalid("storage.dir", "\"\"", "it must name a directory"));
+                }
+                Some(dir) => PathBuf::from(dir),
+                None => d.dir,
+            },
+            max_bytes: self.int("storage.max_bytes", r.max_bytes, 0..=i64::MAX, d.max_bytes)?,
+        };
+
+        let (r, d) = (raw.delivery.unwrap_or_default(), DeliveryConfig::default());
+        let delivery = DeliveryConfig {
+            timeout: self.positive("delivery.timeout", r.timeout, d.timeout)?,
+            connect_timeout: self.positive(
+                "delivery.connect_timeout",
+                r.connect_timeout,
+                d.connect_timeout,
+            )?,
+            max_in_flight: self.int(
+                "delivery.max_in_flight",
+                r.max_in_flight,
+                IN_FLIGHT,
+                d.max_in_flight,
+            )?,
+            allow_private_networks: r.allow_private_networks.unwrap_or(d.allow_private_networks),
+            require_https: r.require_https.unwrap_or(d.require_https),
+            use_system_roots: r.use_system_roots.unwrap_or(d.use_system_roots),
+        };
+
+        let (r, d) = (raw.retry.unwrap_or_default(), RetryConfig::default());
+        let retry = RetryConfig {
+            schedule: match r.schedule {
+                Some(list) => list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, text)| {
+                        self.positive(
+                            &format!("retry.schedule[{index}]"),
+                            Some(text),
+                            Duration::ZERO,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => d.schedule,
+            },
+            jitter: match r.jitter {
+                Some(jitter) if !(0.0..=1.0).contains(&jitter) => {
+                    let reason = "it must be between 0 and 1";
+                    return Err(self.invalid("retry.jitter", &jitter.to_string(), reason));
+                }
+                Some(jitter) => jitter,
+                None => d.jitter,
+            },
+            max_retry_after: self.duration(
+                "retry.max_retry_after",
+                r.max_retry_after,
+                d.max_retry_after,
+            )?,
+        };
+
+        let (r, d) = (
+            raw.endpoints.unwrap_or_default(),
+            EndpointsConfig::default(),
+        );
+        let endpoints = EndpointsConfig {
+            disable_after: self.duration(
+                "endpoints.disable_after",
+                r.disable_after,
+                d.disable_after,
+            )?,
+        };
+
+        let (r, d) = (
+            raw.retention.unwrap_or_default(),
+            RetentionConfig::default(),
+        );
+        let retention = RetentionConfig {
+            events: self.duration("retention.events", r.events, d.events)?,
+            dead_letters: self.duration(
+                "retention.dead_letters",
+                r.dead_letters,
+                d.dead_letters,
+            )?,
+            interval: self.positive("retention.interval", r.interval, d.interval)?,
+        };
+
+        let (r, d) = (raw.log.unwrap_or_default(), LogConfig::default());
+        let log = LogConfig {
+            level: match r.level {
+                Some(level) => match check_log_level(&level) {
+                    Ok(()) => level,
+                    Err(reason) => return Err(self.invalid("log.level", &quote(&level), &reason)),
+                },
+                None => d.level,
+            },
+            format: match r.format.as_deref() {
+                Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    let reason = "it must be \"text\" or \"json\"";
+                    return Err(self.invalid("log.format", &quote(other), reason));
+                }
+                None => d.format,
+            },
+        };
+
+        Ok(Config {
+            server,
+            storage,
+            delivery,
+            retry,
+            endpoints,
+            retention,
+            log,
+        })
+    }
+
+    fn listen(&self, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            let reason =
+                "it must be an IP address and a port, like \"127.0.0.1:8790\" or \"[::1]:8790\"";
+            self.invalid("server.listen", &quote(text), reason)
+        })
+    }
+
+    /// Parses an optional duration, `default` when absent; zero is allowed.
+    fn duration(
+        &self,
+        key: &str,
+        text: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match text {
+            Some(text) => {
+                parse_duration(&text).map_err(|reason| self.invalid(key, &quote(&text), &reason))
+            }
+            None => Ok(default),
+        }
+    }
+
+    /// Parses an optional duration, `default` when absent; zero is refused.
+    fn positive(
+        &self,
+        key: &str,
+        text: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let shown = text.as_deref().map(quote);
+        let duration = self.duration(key, text, default)?;
+        match shown {
+            Some(shown) if duration.is_zero() => {
+                Err(self.invalid(key, &shown, "it must be more than zero"))
+            }
+            _ => Ok(duration),
+        }
+    }
+
+    /// Checks an optional integer against `range` and converts it, `default` when absent.
+    fn int<T: TryFrom<i64>>(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        range: RangeInclusive<i64>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let reason = match *range.end() {
+            i64::MAX => format!("it must be {} or more", range.start()),
+            end => format!("it must be between {} and {end}", range.start()),
+        };
+        range
+            .contains(&value)
+            .then(|| T::try_from(value).ok())
+            .flatten()
+            .ok_or_else(|| self.invalid(key, &value.to_string(), &reason))
+    }
+
+    fn invalid(&self, key: &str, value: &str, reason: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Writes a string value as it would appear in TOML.
+fn quote(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// Parses a duration: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`), at most 100 years.
+/// The error is the end of a sentence about the value.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HOW: &str =
+        "use a whole number and a unit (ms, s, m, h or d), like \"250ms\", \"5s\" or \"30d\"";
+    if text.is_empty() {
+        return Err(format!("it is empty; {HOW}"));
+    }
+    if text.starts_with('-') {
+        return Err(format!("a duration cannot be negative; {HOW}"));
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("it does not start with a number; {HOW}"));
+    }
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => DAY * 1_000,
+        "" => return Err(format!("it has no unit; {HOW}")),
+        _ if unit.starts_with('.') => {
+            return Err(format!(
+                "fractions are not accepted; {HOW}, or a smaller unit"
+            ))
+        }
+        _ => return Err(format!("{} is not a unit; {HOW}", quote(unit))),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|amount| amount.checked_mul(millis_per_unit))
+        .map(Duration::from_millis)
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| "it is longer than 100 years, the longest duration accepted".to_owned())
+}
+
+/// Checks a log level or a list of EnvFilter-style directives (`info`, `info,hyper=warn`):
+/// every directive is a level word, or a target, `=` and a level word.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const HOW: &str = "use trace, debug, info, warn, error or off, alone or as comma-separated \
+                       target=level directives like \"info,hyper=warn\"";
+    for directive in text.split(',') {
+        let directive = directive.trim();
+        let level = match directive.rsplit_once('=') {
+            Some((target, _)) if target.trim().is_empty() => {
+                return Err(format!(
+                    "the directive {} has no target before '='; {HOW}",
+                    quote(directive)
+                ));
+            }
+            Some((_, level)) => level.trim(),
+            None => directive,
+        };
+        if level.is_empty() {
+            return Err(format!("it has an empty directive; {HOW}"));
+        }
+        if !LOG_LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(level))
+        {
+            return Err(format!("{} is not a level; {HOW}", quote(level)));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a token file; `Ok(None)` when it does not exist.
+fn read_token(path: &Path, key: &'static str) -> Result<Option<AdminToken>, ConfigError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(io) if io.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(io) => {
+            return Err(ConfigError::TokenRead {
+                key,
+                path: path.to_path_buf(),
+                io,
+            })
+        }
+    };
+    let token = text.trim();
+    let invalid = |reason| ConfigError::TokenInvalid {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    };
+    if token.is_empty() {
+        return Err(invalid(
+            "is empty; write a token into it, or delete it to have one generated",
+        ));
+    }
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(invalid(
+            "holds spaces, control characters or non-ASCII characters inside the token",
+        ));
+    }
+    warn_if_shared(path);
+    Ok(Some(AdminToken {
+        token: token.to_owned(),
+        source: path.to_path_buf(),
+        generated: false,
+    }))
+}
+
+/// Writes a new token to `path` in `dir` so that `path` is either absent or complete, even after
+/// a crash: the token goes to a temporary file (created new, mode 0600, fsynced), which is then
+/// hard-linked to `path`; the link fails if another process created `path` first, whose token
+/// is then used.
+fn generate_token(dir: &Path, path: &Path) -> Result<AdminToken, ConfigError> {
+    let write_error = |io| ConfigError::TokenWrite {
+        path: path.to_path_buf(),
+        io,
+    };
+    fs::create_dir_all(dir).map_err(write_error)?;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+
+    let temporary = dir.join(format!(".{TOKEN_FILE_NAME}.{}.tmp", std::process::id()));
+    // A leftover from a start that crashed with the same process id would block `create_new`.
+    let _ = fs::remove_file(&temporary);
+    let written = write_new_private(&temporary, &token);
+    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    let _ = fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(write_error)?;
+            Ok(AdminToken {
+                token,
+                source: path.to_path_buf(),
+                generated: true,
+            })
+        }
+        Err(io) if io.kind() == io::ErrorKind::AlreadyExists => {
+            match read_token(path, "storage.dir")? {
+                Some(existing) => Ok(existing),
+                None => Err(write_error(io)),
+            }
+        }
+        Err(io) => Err(write_error(io)),
+    }
+}
+
+/// Creates `path`, which must not exist, readable by its owner only, and writes `text` durably.
+fn write_new_private(path: &Path, text: &str) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Warns when a token file can be read by users other than its owner.
+fn warn_if_shared(path: &Path) {
+    if let Ok(metadata) = fs::metadata(path) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "the admin token file can be read by other users; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const EXAMPLE: &str = include_str!("../systemd/preflix-webhookd.toml");
+
+    /// An `env` function backed by a fixed list, so no test touches the process environment.
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml_str(text)
+            .expect_err("the text should be refused")
+            .to_string()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn defaults_equal_the_spec() {
+        let config = Config::default();
+        assert_eq!(config.server.listen, "127.0.0.1:8790".parse().unwrap());
+        assert_eq!(config.server.token_file, None);
+        assert_eq!(config.server.max_body_bytes, 262_144);
+        assert_eq!(config.server.shutdown_grace, secs(10));
+        assert_eq!(config.storage.dir, PathBuf::from("data/db"));
+        assert_eq!(config.storage.max_bytes, 0);
+        assert_eq!(config.delivery.timeout, secs(15));
+        assert_eq!(config.delivery.connect_timeout, secs(5));
+        assert_eq!(config.delivery.max_in_flight, 256);
+        assert!(!config.delivery.allow_private_networks);
+        assert!(config.delivery.require_https);
+        assert!(!config.delivery.use_system_roots);
+        let hours = |h: u64| secs(h * 3600);
+        let schedule = [
+            secs(5),
+            secs(300),
+            secs(1800),
+            hours(2),
+            hours(5),
+            hours(10),
+            hours(14),
+            hours(20),
+            hours(24),
+        ];
+        assert_eq!(config.retry.schedule, schedule);
+        assert_eq!(config.retry.jitter, 0.2);
+        assert_eq!(config.retry.max_retry_after, hours(24));
+        assert_eq!(config.endpoints.disable_after, hours(5 * 24));
+        assert_eq!(config.retention.events, hours(30 * 24));
+        assert_eq!(config.retention.dead_letters, hours(30 * 24));
+        assert_eq!(config.retention.interval, secs(60));
+        assert_eq!(config.log.level, "info");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.attempts_per_delivery(), 10);
+    }
+
+    #[test]
+    fn empty_text_gives_the_defaults() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+        assert_eq!(
+            Config::from_toml_str("[server]\n[log]\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_file_with_every_key_parses() {
+        let text = r#"
+            [server]
+            listen = "[::1]:9000"
+            token_file = "/etc/token"
+            max_body_bytes = 1024
+            shutdown_grace = "0s"
+            [storage]
+            dir = "/srv/db"
+            max_bytes = 1000000
+            [delivery]
+            timeout = "250ms"
+            connect_timeout = "20s"
+            max_in_flight = 1
+            allow_private_networks = true
+            require_https = false
+            use_system_roots = true
+            [retry]
+            schedule = ["1s", "2m"]
+            jitter = 1
+            max_retry_after = "1h"
+            [endpoints]
+            disable_after = "2d"
+            [retention]
+            events = "7d"
+            dead_letters = "14d"
+            interval = "30s"
+            [log]
+            level = "debug,hyper=warn"
+            format = "json"
+        "#;
+        let config = Config::from_toml_str(text).unwrap();
+        let expected = Config {
+            server: ServerConfig {
+                listen: "[::1]:9000".parse().unwrap(),
+                token_file: Some(PathBuf::from("/etc/token")),
+                max_body_bytes: 1024,
+                shutdown_grace: Duration::ZERO,
+            },
+            storage: StorageConfig {
+                dir: PathBuf::from("/srv/db"),
+                max_bytes: 1_000_000,
+            },
+            delivery: DeliveryConfig {
+                timeout: Duration::from_millis(250),
+                connect_timeout: secs(20),
+                max_in_flight: 1,
+                allow_private_networks: true,
+                require_https: false,
+                use_system_roots: true,
+            },
+            retry: RetryConfig {
+                schedule: vec![secs(1), secs(120)],
+                jitter: 1.0,
+                max_retry_after: secs(3600),
+            },
+            endpoints: EndpointsConfig {
+                disable_after: secs(2 * DAY),
+            },
+            retention: RetentionConfig {
+                events: secs(7 * DAY),
+                dead_letters: secs(14 * DAY),
+                interval: secs(30),
+            },
+            log: LogConfig {
+                level: "debug,hyper=warn".to_owned(),
+                format: LogFormat::Json,
+            },
+        };
+        assert_eq!(config, expected);
+        assert_eq!(config.attempts_per_delivery(), 3);
+    }
+
+    #[test]
+    fn empty_token_file_means_not_set() {
+        let config = Config::from_toml_str("[server]\ntoken_file = \"\"").unwrap();
+        assert_eq!(config.server.token_file, None);
+    }
+
+    #[test]
+    fn an_empty_schedule_means_one_attempt() {
+        let config = Config::from_toml_str("[retry]\nschedule = []").unwrap();
+        assert_eq!(config.attempts_per_delivery(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let cases = [
+            ("bogus = 1", "unknown key bogus;"),
+            ("[tls]\ncert = \"x\"", "unknown key tls;"),
+            (
+                "listen = \"127.0.0.1:1\"",
+                "unknown key listen; did you mean server.listen",
+            ),
+            (
+                "[server]\nlisen = \"127.0.0.1:1\"",
+                "unknown key server.lisen; [server] accepts listen,",
+            ),
+            ("server.lisen = \"127.0.0.1:1\"", "unknown key server.lisen"),
+            ("server = { lisen = \"x\" }", "unknown key server.lisen"),
+            ("[retry.extra]\na = 1", "unknown key retry.extra"),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(text);
+            assert!(message.contains(expected), "{text:?} gave {message:?}");
+            assert!(message.starts_with("config text: "), "{message}");
+        }
+        let error = Config::from_toml_str("[log]\ncolour = true").unwrap_err();
+        assert_eq!(error.key(), Some("log.colour"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let cases = [
+            ("server = 5", "server must be a table, not an integer"),
+            (
+                r#"server.max_body_bytes = "1""#,
+                "server.max_body_bytes must be an integer, not a string",
+            ),
+            (
+                "server.listen = 8790",
+                "server.listen must be a string, not an integer",
+            ),
+            (
+                "delivery.timeout = 15",
+                "delivery.timeout must be a duration string like \"5s\"",
+            ),
+            (
+                r#"delivery.require_https = "yes""#,
+                "delivery.require_https must be true or false",
+            ),
+            (
+                r#"retry.jitter = "0.2""#,
+                "retry.jitter must be a number, not a string",
+            ),
+            (
+                r#"retry.schedule = "5s""#,
+                "retry.schedule must be an array of duration strings",
+            ),
+            (
+                r#"retry.schedule = ["5s", 5]"#,
+                "retry.schedule[1] must be a duration string",
+            ),
+            (
+                "log.level = 2026-01-15",
+                "log.level must be a string, not a date-time",
+            ),
+        ];
+        for (line, expected) in cases {
+            let message = error_of(line);
+            assert!(
+                message.starts_with(&format!("config text: {expected}")),
+                "{line:?} gave {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        // Each line, written with a dotted key, is echoed back in the message before the reason.
+        let cases = [
+            (
+                r#"server.listen = "localhost:8790""#,
+                "it must be an IP address and a port",
+            ),
+            (
+                r#"server.listen = "127.0.0.1""#,
+                "it must be an IP address and a port",
+            ),
+            (
+                "server.max_body_bytes = 1023",
+                "it must be between 1024 and 67108864",
+            ),
+            (
+                "server.max_body_bytes = 67108865",
+                "it must be between 1024 and 67108864",
+            ),
+            (r#"server.shutdown_grace = "10""#, "it has no unit"),
+            (r#"storage.dir = """#, "it must name a directory"),
+            ("storage.max_bytes = -1", "it must be 0 or more"),
+            (r#"delivery.timeout = "0s""#, "it must be more than zero"),
+            (
+                r#"delivery.connect_timeout = "0ms""#,
+                "it must be more than zero",
+            ),
+            (
+                "delivery.max_in_flight = 0",
+                "it must be between 1 and 65536",
+            ),
+            (
+                "delivery.max_in_flight = 65537",
+                "it must be between 1 and 65536",
+            ),
+            ("retry.jitter = 1.5", "it must be between 0 and 1"),
+            ("retry.jitter = -0.1", "it must be between 0 and 1"),
+            (
+                r#"retry.max_retry_after = "-1h""#,
+                "a duration cannot be negative",
+            ),
+            (r#"endpoints.disable_after = "5 d""#, "\" d\" is not a unit"),
+            (r#"retention.events = """#, "it is empty"),
+            (r#"retention.interval = "0m""#, "it must be more than zero"),
+            (r#"log.level = "verbose""#, "\"verbose\" is not a level"),
+            (r#"log.level = "hyper=loud""#, "\"loud\" is not a level"),
+            (r#"log.level = "info,""#, "it has an empty directive"),
+            (
+                r#"log.level = "=info""#,
+                "the directive \"=info\" has no target",
+            ),
+            (r#"log.format = "yaml""#, "it must be \"text\" or \"json\""),
+        ];
+        for (line, reason) in cases {
+            let message = error_of(line);
+            let expected = format!("config text: {line} is invalid: {reason}");
+            assert!(message.starts_with(&expected), "{line:?} gave {message:?}");
+        }
+        let others = [
+            ("retry.jitter = nan", "retry.jitter = NaN is invalid"),
+            (
+                r#"retry.schedule = ["5s", "5x"]"#,
+                r#"retry.schedule[1] = "5x" is invalid"#,
+            ),
+            (
+                r#"retry.schedule = ["0s"]"#,
+                r#"retry.schedule[0] = "0s" is invalid"#,
+            ),
+        ];
+        for (line, expected) in others {
+            let message = error_of(line);
+            assert!(message.contains(expected), "{line:?} gave {message:?}");
+        }
+    }
+
+    #[test]
+    fn zero_is_allowed_where_it_means_something() {
+        let text = r#"
+            server.shutdown_grace = "0s"
+            retry.jitter = 0
+            retry.max_retry_after = "0s"
+            endpoints.disable_after = "0s"
+            retention.events = "0s"
+            retention.dead_letters = "0s"
+        "#;
+        let config = Config::from_toml_str(text).unwrap();
+        assert_eq!(config.retry.jitter, 0.0);
+        assert_eq!(config.endpoints.disable_after, Duration::ZERO);
+    }
+
+    #[test]
+    fn log_levels_and_directives() {
+        for level in [
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+            "off",
+            "INFO",
+            "info,hyper=warn",
+            "preflix_webhookd=debug, sled=off",
+        ] {
+            let text = format!("[log]\nlevel = {level:?}");
+            let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{level}: {e}"));
+            assert_eq!(config.log.level, level);
+        }
+        for level in ["", "verbose", "info,", "hyper", "hyper=", "=warn"] {
+            assert!(
+                check_log_level(level).is_err(),
+                "{level:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let message = error_of("[server\nlisten = 1");
+        assert!(
+            message.starts_with("config text is not valid TOML: "),
+            "{message}"
+        );
+        assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let good = [
+            ("0ms", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("5s", secs(5)),
+            ("5m", secs(300)),
+            ("2h", secs(7200)),
+            ("30d", secs(30 * DAY)),
+            ("007s", secs(7)),
+            ("36500d", MAX_DURATION),
+        ];
+        for (text, expected) in good {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        let bad = [
+            ("5", "no unit"),
+            ("5x", "not a unit"),
+            ("5S", "not a unit"),
+            ("5 s", "not a unit"),
+            ("5sec", "not a unit"),
+            ("1.5h", "fractions"),
+            ("-5s", "negative"),
+            ("", "empty"),
+            ("s", "does not start with a number"),
+            ("+5s", "does not start with a number"),
+            (" 5s", "does not start with a number"),
+            ("36501d", "longer than 100 years"),
+            ("18446744073709551615ms", "longer than 100 years"),
+            ("18446744073709551616ms", "longer than 100 years"),
+            ("99999999999999999999999d", "longer than 100 years"),
+        ];
+        for (text, expected) in bad {
+            let reason = parse_duration(text).expect_err(text);
+            assert!(reason.contains(expected), "{text:?} gave {reason:?}");
+        }
+    }
+
+    #[test]
+    fn load_reads_the_given_file_else_the_env_file_else_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = dir.path().join("given.toml");
+        let from_env = dir.path().join("env.toml");
+        fs::write(&given, "[delivery]\nmax_in_flight = 7\n").unwrap();
+        fs::write(&from_env, "[delivery]\nmax_in_flight = 9\n").unwrap();
+        let env_path = from_env.to_str().unwrap();
+        let env = env_of(&[(CONFIG_ENV, env_path)]);
+
+        assert_eq!(
+            Config::load_with_env(Some(&given), &env)
+                .unwrap()
+                .delivery
+                .max_in_flight,
+            7
+        );
+        assert_eq!(
+            Config::load_with_env(None, &env)
+                .unwrap()
+                .delivery
+                .max_in_flight,
+            9
+        );
+        assert_eq!(
+            Config::load_with_env(None, &no_env).unwrap(),
+            Config::default()
+        );
+        assert_eq!(
+            Config::load_with_env(None, &env_of(&[(CONFIG_ENV, "")])).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let message = Config::load_with_env(Some(&missing), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(&format!("cannot read config file {}: ", missing.display())),
+            "{message}"
+        );
+
+        let bad = dir.path().join("bad.toml");
+        fs::write(&bad, "[retry]\njitter = 2\n").unwrap();
+        let message = Config::load_with_env(Some(&bad), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            format!(
+                "config file {}: retry.jitter = 2 is invalid: it must be between 0 and 1",
+                bad.display()
+            )
+        );
+    }
+
+    #[test]
+    fn state_directory_is_used_only_when_dir_is_not_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = env_of(&[(
+            "STATE_DIRECTORY",
+            "/var/lib/preflix-webhookd:/var/lib/other",
+        )]);
+
+        let config = Config::load_with_env(None, &state).unwrap();
+        assert_eq!(
+            config.storage.dir,
+            PathBuf::from("/var/lib/preflix-webhookd")
+        );
+
+        let without_dir = dir.path().join("without.toml");
+        fs::write(&without_dir, "[storage]\nmax_bytes = 5\n").unwrap();
+        let config = Config::load_with_env(Some(&without_dir), &state).unwrap();
+        assert_eq!(
+            config.storage.dir,
+            PathBuf::from("/var/lib/preflix-webhookd")
+        );
+
+        // Even a dir equal to the default counts as given.
+        let with_dir = dir.path().join("with.toml");
+        fs::write(&with_dir, "[storage]\ndir = \"data/db\"\n").unwrap();
+        let config = Config::load_with_env(Some(&with_dir), &state).unwrap();
+        assert_eq!(config.storage.dir, PathBuf::from("data/db"));
+
+        let empty = env_of(&[("STATE_DIRECTORY", "")]);
+        assert_eq!(
+            Config::load_with_env(None, &empty).unwrap().storage.dir,
+            PathBuf::from("data/db")
+        );
+    }
+
+    fn config_with_dir(dir: &Path) -> Config {
+        let mut config = Config::default();
+        config.storage.dir = dir.to_path_buf();
+        config
+    }
+
+    #[test]
+    fn a_token_is_generated_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_dir(&dir.path().join("state/db"));
+
+        let first = load_admin_token(&config, &no_env).unwrap();
+        assert!(first.generated);
+        assert_eq!(first.source, dir.path().join("state/db/admin.token"));
+        assert_eq!(first.token.len(), 64);
+        assert!(first
+            .token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let mode = fs::metadata(&first.source).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(dir.path().join("state/db")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "only admin.token should remain");
+
+        let second = load_admin_token(&config, &no_env).unwrap();
+        assert!(!second.generated);
+        assert_eq!(second.token, first.token);
+        assert_eq!(second.source, first.source);
+    }
+
+    #[test]
+    fn an_existing_token_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("admin.token"), "  s3cret-token \n\n").unwrap();
+        let token = load_admin_token(&config_with_dir(dir.path()), &no_env).unwrap();
+        assert_eq!(token.token, "s3cret-token");
+        assert!(!token.generated);
+    }
+
+    #[test]
+    fn credentials_directory_comes_before_storage_dir() {
+        let state = tempfile::tempdir().unwrap();
+        let credentials = tempfile::tempdir().unwrap();
+        fs::write(state.path().join("admin.token"), "from-state\n").unwrap();
+        let config = config_with_dir(state.path());
+        let env = env_of(&[(
+            "CREDENTIALS_DIRECTORY",
+            credentials.path().to_str().unwrap(),
+        )]);
+
+        // Without the credential file, the state directory's token is used.
+        assert_eq!(load_admin_token(&config, &env).unwrap().token, "from-state");
+
+        fs::write(credentials.path().join("admin_token"), "from-credentials\n").unwrap();
+        let token = load_admin_token(&config, &env).unwrap();
+        assert_eq!(token.token, "from-credentials");
+        assert_eq!(token.source, credentials.path().join("admin_token"));
+        assert!(!token.generated);
+    }
+
+    #[test]
+    fn token_file_comes_first_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = tempfile::tempdir().unwrap();
+        fs::write(credentials.path().join("admin_token"), "from-credentials").unwrap();
+        let env = env_of(&[(
+            "CREDENTIALS_DIRECTORY",
+            credentials.path().to_str().unwrap(),
+        )]);
+        let mut config = config_with_dir(dir.path());
+        let token_file = dir.path().join("operator.token");
+        config.server.token_file = Some(token_file.clone());
+
+        let error = load_admin_token(&config, &env).unwrap_err();
+        assert_eq!(error.key(), Some("server.token_file"));
+        let message = error.to_string();
+        assert!(
+            message.contains("server.token_file") && message.contains("does not exist"),
+            "{message}"
+        );
+        assert!(
+            !dir.path().join("admin.token").exists(),
+            "nothing is generated when token_file is set"
+        );
+
+        fs::write(&token_file, "\n \n").unwrap();
+        let message = load_admin_token(&config, &env).unwrap_err().to_string();
+        assert!(
+            message.contains("server.token_file") && message.contains("is empty"),
+            "{message}"
+        );
+
+        fs::write(&token_file, "two words").unwrap();
+        assert!(load_admin_token(&config, &env).is_err());
+
+        fs::write(&token_file, "from-operator\n").unwrap();
+        let token = load_admin_token(&config, &env).unwrap();
+        assert_eq!(token.token, "from-operator");
+        assert_eq!(token.source, token_file);
+    }
+
+    #[test]
+    fn an_empty_storage_token_is_an_error_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("admin.token"), "").unwrap();
+        let error = load_admin_token(&config_with_dir(dir.path()), &no_env).unwrap_err();
+        assert_eq!(error.key(), Some("storage.dir"));
+    }
+
+    #[test]
+    fn admin_token_debug_is_redacted() {
+        let token = AdminToken {
+            token: "hunter2".to_owned(),
+            source: PathBuf::from("/x"),
+            generated: false,
+        };
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn the_example_file_holds_every_key_with_the_defaults() {
+        let config = Config::from_toml_str(EXAMPLE).unwrap();
+        let mut expected = Config::default();
+        expected.storage.dir = PathBuf::from("/var/lib/preflix-webhookd");
+        assert_eq!(config, expected);
+
+        let table: toml::Table = EXAMPLE.parse().unwrap();
+        for (section, keys) in SCHEMA {
+            let present = table[*section].as_table().unwrap();
+            let names: Vec<&str> = keys.iter().map(|(key, _)| *key).collect();
+            let found: Vec<&str> = present.keys().map(String::as_str).collect();
+            for name in &names {
+                assert!(found.contains(name), "the example lacks {section}.{name}");
+            }
+        }
+    }
+}

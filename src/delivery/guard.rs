@@ -1,0 +1,935 @@
+//! Which addresses the daemon may contact: endpoint URL rules, the forbidden address ranges, and a resolver and connector that enforce them at every attempt.
+//!
+//! An endpoint is checked twice. At registration, [`parse_endpoint_url`] checks the URL's form and
+//! [`check_host`] resolves its host and refuses it when any address is forbidden. At every attempt,
+//! the HTTP client connects through [`GuardedConnector`], whose [`GuardedResolver`] checks each
+//! address it hands to the connector: the connector then only ever connects to addresses that were
+//! checked, so a name that resolved to a public address at registration and to `127.0.0.1` later
+//! (DNS rebinding) is refused at the attempt.
+//!
+//! Wiring it into the client, with TLS on top:
+//!
+//! ```ignore
+//! let mut tcp = GuardedConnector::http(config.delivery.allow_private_networks);
+//! tcp.inner_mut().set_connect_timeout(Some(config.delivery.connect_timeout));
+//! let https = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_webpki_roots()
+//!     .https_or_http()
+//!     .enable_http1()
+//!     .wrap_connector(tcp);
+//! ```
+//!
+//! A refused connection reaches the caller as an error whose source chain holds a [`GuardError`];
+//! [`find_guard_error`] digs it out so the attempt log can say why.
+//!
+//! **Architecture Invariant:** this module decides and checks; it never sends a request.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+/// The longest endpoint URL accepted, in bytes.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// Whether the daemon must refuse to contact `ip` unless `delivery.allow_private_networks` is set.
+///
+/// True for loopback, unspecified, private, link-local, shared (CGNAT), multicast, broadcast,
+/// documentation, benchmarking and other reserved ranges, and for IPv6 unique local, site-local
+/// and anything outside global unicast (`2000::/3`). IPv6 addresses that embed an IPv4 address
+/// (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96` and 6to4
+/// `2002::/16`) are judged by the embedded address.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    forbidden_kind(ip).is_some()
+}
+
+/// An endpoint URL that passed [`parse_endpoint_url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    /// Whether the scheme is https, so the caller knows TLS is required.
+    pub scheme_https: bool,
+    /// The host as written in the URL; an IPv6 literal keeps its brackets (`[::1]`), which
+    /// [`check_host`] and [`check_literal`] accept.
+    pub host: String,
+    /// The explicit port, or 443 for https and 80 for http.
+    pub port: u16,
+    /// The parsed URL, ready to be the target of a request.
+    pub uri: Uri,
+}
+
+/// Why an endpoint URL was refused; each message is a sentence for the person registering it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// The URL is longer than [`MAX_URL_LEN`].
+    #[error("the URL is {len} bytes long; at most 2048 are allowed")]
+    TooLong {
+        /// The length of the refused URL in bytes.
+        len: usize,
+    },
+    /// The URL could not be parsed at all.
+    #[error("the URL is not valid ({reason}); use a URL like https://hooks.example.com/preflix")]
+    Invalid {
+        /// What the parser or the port check found wrong.
+        reason: String,
+    },
+    /// The URL has no scheme and host, such as `/hooks` or `example.com/hooks`.
+    #[error("the URL must be absolute, like https://hooks.example.com/preflix")]
+    NotAbsolute,
+    /// The scheme is neither http nor https.
+    #[error("the URL scheme must be http or https, not {scheme}")]
+    Scheme {
+        /// The refused scheme.
+        scheme: String,
+    },
+    /// The authority has no host, as in `https://:443/`.
+    #[error("the URL has no host")]
+    MissingHost,
+    /// The authority carries `user:password@`.
+    #[error("the URL must not contain user information (user:password@); send credentials in the endpoint's headers instead")]
+    UserInfo,
+    /// The URL has a `#fragment`, which is never sent to a server.
+    #[error("the URL must not contain a fragment (#...)")]
+    Fragment,
+    /// A production endpoint uses http while `delivery.require_https` is true.
+    #[error(
+        "production endpoints must use https; set delivery.require_https = false to allow http"
+    )]
+    HttpsRequired,
+}
+
+/// Checks that `url` is fit to be an endpoint URL and splits it into the parts a delivery needs.
+///
+/// It must be an absolute http or https URL of at most 2048 bytes with a host, no user-info and no
+/// fragment. When `sandbox` is false and `require_https` is true, it must be https. Whether its
+/// host may be contacted is a separate question, answered by [`check_host`].
+pub fn parse_endpoint_url(
+    url: &str,
+    sandbox: bool,
+    require_https: bool,
+) -> Result<EndpointUrl, UrlError> {
+    if url.len() > MAX_URL_LEN {
+        return Err(UrlError::TooLong { len: url.len() });
+    }
+    // The http crate accepts a fragment and silently drops it, so it is looked for in the raw text.
+    if url.contains('#') {
+        return Err(UrlError::Fragment);
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| UrlError::Invalid {
+            reason: e.to_string(),
+        })?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(UrlError::NotAbsolute);
+    };
+    let scheme_https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(UrlError::Scheme {
+            scheme: scheme.to_owned(),
+        });
+    };
+    // The http crate accepts user-info in the authority and hides it from `host()`.
+    if authority.as_str().contains('@') {
+        return Err(UrlError::UserInfo);
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(UrlError::MissingHost);
+    }
+    // The http crate accepts a port that does not fit in u16 and then reports none, so the port
+    // is read from the authority's text, which starts with the host now that user-info is refused.
+    let port_text = authority
+        .as_str()
+        .get(host.len()..)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or("");
+    let port = match port_text {
+        "" if scheme_https => 443,
+        "" => 80,
+        text => text
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0 && text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| UrlError::Invalid {
+                reason: format!("the port {text} is not a number from 1 to 65535"),
+            })?,
+    };
+    if !sandbox && require_https && !scheme_https {
+        return Err(UrlError::HttpsRequired);
+    }
+    Ok(EndpointUrl {
+        scheme_https,
+        host: host.to_owned(),
+        port,
+        uri,
+    })
+}
+
+/// Why a host may not be contacted, or could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The host is, or resolves to, a forbidden address (see [`is_forbidden`]).
+    #[error("{}", forbidden_message(.host, .addr, .kind))]
+    Forbidden {
+        /// The host as given, a name or an IP literal.
+        host: String,
+        /// The first forbidden address found.
+        addr: IpAddr,
+        /// What kind of address it is, such as "loopback" or "private".
+        kind: &'static str,
+    },
+    /// The name could not be resolved.
+    #[error("could not resolve the host {host}: {source}")]
+    Resolve {
+        /// The name that was looked up.
+        host: String,
+        /// What the system resolver said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolved, but to no address at all.
+    #[error("the host {host} resolves to no address")]
+    NoAddresses {
+        /// The name that was looked up.
+        host: String,
+    },
+}
+
+/// Resolves `host` and checks every address it resolves to, returning them with `port`.
+///
+/// An IP literal (`192.0.2.1`, `::1` or `[::1]`) is checked without a lookup. When `allow_private`
+/// is false and any address is forbidden, the host is refused, even if others are public: the
+/// connector could pick any of them. There is no timeout here; the caller bounds the call.
+pub async fn check_host(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, GuardError> {
+    if let Some(ip) = parse_ip_literal(host) {
+        check_ip(host, ip, allow_private)?;
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| GuardError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(GuardError::NoAddresses {
+            host: host.to_owned(),
+        });
+    }
+    for addr in &addrs {
+        check_ip(host, addr.ip(), allow_private)?;
+    }
+    Ok(addrs)
+}
+
+/// Checks a URI host that is an IP literal; any other host passes, as it is left to the resolver.
+///
+/// `HttpConnector` connects to IP-literal hosts without asking its resolver, so
+/// [`GuardedResolver`] never sees them. [`GuardedConnector`] calls this on every connection; a
+/// caller that builds its own connector must call it before every attempt. It recognises literals
+/// exactly as `HttpConnector` does: brackets stripped, then parsed as IPv4 or IPv6.
+pub fn check_literal(uri_host: &str, allow_private: bool) -> Result<(), GuardError> {
+    match parse_ip_literal(uri_host) {
+        Some(ip) => check_ip(uri_host, ip, allow_private),
+        None => Ok(()),
+    }
+}
+
+/// Finds the [`GuardError`] in an error's source chain, such as a client error whose connection
+/// was refused by [`GuardedConnector`] or [`GuardedResolver`].
+pub fn find_guard_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a GuardError> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(guard) = e.downcast_ref::<GuardError>() {
+            return Some(guard);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// A resolver for `HttpConnector` that refuses names resolving to forbidden addresses.
+///
+/// The addresses it returns carry port 0; `HttpConnector` replaces it with the URI's port.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    /// When true, forbidden addresses are returned like any other (`delivery.allow_private_networks`).
+    allow_private: bool,
+}
+
+impl GuardedResolver {
+    /// A resolver enforcing `delivery.allow_private_networks = allow_private`.
+    pub fn new(allow_private: bool) -> Self {
+        Self { allow_private }
+    }
+}
+
+impl Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = GuardError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, GuardError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GuardError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            check_host(name.as_str(), 0, allow_private)
+                .await
+                .map(Vec::into_iter)
+        })
+    }
+}
+
+/// A connector that checks IP-literal hosts with [`check_literal`] before handing the URI to the
+/// connector it wraps; with [`GuardedConnector::http`] every address connected to is checked.
+#[derive(Debug, Clone)]
+pub struct GuardedConnector<C> {
+    /// The connector that makes the TCP connection once the host has passed.
+    inner: C,
+    /// When true, nothing is refused (`delivery.allow_private_networks`).
+    allow_private: bool,
+}
+
+impl GuardedConnector<HttpConnector<GuardedResolver>> {
+    /// An `HttpConnector` resolving through a [`GuardedResolver`], wrapped so that IP literals are
+    /// checked too.
+    ///
+    /// It accepts https URIs (`enforce_http(false)`) so that a TLS connector can wrap it; further
+    /// settings, such as the connect timeout, go through [`GuardedConnector::inner_mut`].
+    pub fn http(allow_private: bool) -> Self {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(allow_private));
+        http.enforce_http(false);
+        Self::new(http, allow_private)
+    }
+}
+
+impl<C> GuardedConnector<C> {
+    /// Wraps `inner`; pair it with a [`GuardedResolver`] so that names are checked as well.
+    pub fn new(inner: C, allow_private: bool) -> Self {
+        Self {
+            inner,
+            allow_private,
+        }
+    }
+
+    /// The wrapped connector, to change its settings.
+    pub fn inner_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+}
+
+impl<C> Service<Uri> for GuardedConnector<C>
+where
+    C: Service<Uri>,
+    C::Response: Send + 'static,
+    C::Error: Into<Box<dyn StdError + Send + Sync>>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = Box<dyn StdError + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        if let Err(refused) = check_literal(dst.host().unwrap_or(""), self.allow_private) {
+            return Box::pin(std::future::ready(Err(refused.into())));
+        }
+        let connecting = self.inner.call(dst);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// Refuses `ip` unless it is public or private addresses are allowed.
+fn check_ip(host: &str, ip: IpAddr, allow_private: bool) -> Result<(), GuardError> {
+    match forbidden_kind(ip) {
+        Some(kind) if !allow_private => Err(GuardError::Forbidden {
+            host: host.to_owned(),
+            addr: ip,
+            kind,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The IP address in a host, with or without IPv6 brackets, parsed as `HttpConnector` parses it.
+fn parse_ip_literal(host: &str) -> Option<IpAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse().ok()
+}
+
+/// The message of [`GuardError::Forbidden`], naming the setting that would allow the address.
+fn forbidden_message(host: &str, addr: &IpAddr, kind: &str) -> String {
+    let what = if parse_ip_literal(host) == Some(*addr) {
+        format!("the address {addr}")
+    } else {
+        format!("the host {host} resolves to {addr}, which")
+    };
+    format!(
+        "{what} is not a public address ({kind}); \
+         set delivery.allow_private_networks = true to allow it"
+    )
+}
+
+/// What kind of forbidden address `ip` is, or `None` when it is public.
+fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_kind(v4),
+        IpAddr::V6(v6) => v6_kind(v6),
+    }
+}
+
+/// Forbidden IPv4 ranges as (network, prefix length, kind); the first match names the kind.
+const V4_RANGES: &[(Ipv4Addr, u32, &str)] = &[
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "broadcast"),
+    (Ipv4Addr::new(0, 0, 0, 0), 32, "unspecified"),
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\", reserved"),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private"),
+    (
+        Ipv4Addr::new(100, 64, 0, 0),
+        10,
+        "shared address space, CGNAT",
+    ),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private"),
+    (
+        Ipv4Addr::new(192, 0, 0, 0),
+        24,
+        "IETF protocol assignments, reserved",
+    ),
+    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation"),
+    (
+        Ipv4Addr::new(192, 88, 99, 0),
+        24,
+        "6to4 relay anycast, reserved",
+    ),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private"),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking"),
+    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation"),
+    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+];
+
+/// Forbidden IPv6 ranges as (network, prefix length, kind), checked after the embedded-IPv4 forms.
+const V6_RANGES: &[(Ipv6Addr, u32, &str)] = &[
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        "local-use NAT64",
+    ),
+    (
+        Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
+        64,
+        "discard-only",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+        23,
+        "IETF protocol assignments, reserved",
+    ),
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0),
+        32,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+        7,
+        "unique local",
+    ),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local"),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast"),
+];
+
+/// The kind of a forbidden IPv4 address.
+fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
+    let bits = u32::from(ip);
+    V4_RANGES
+        .iter()
+        .find(|(net, len, _)| prefix_matches(bits.into(), u32::from(*net).into(), *len, 32))
+        .map(|(_, _, kind)| *kind)
+}
+
+/// The kind of a forbidden IPv6 address, judging embedded IPv4 addresses by themselves.
+fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    if let Some(v4) = embedded_v4(ip) {
+        return v4_kind(v4);
+    }
+    let bits = u128::from(ip);
+    if let Some((_, _, kind)) = V6_RANGES
+        .iter()
+        .find(|(net, len, _)| prefix_matches(bits, u128::from(*net), *len, 128))
+    {
+        return Some(kind);
+    }
+    // Only 2000::/3 is allocated for global unicast; nothing else outside it is reachable.
+    if !prefix_matches(bits, 0x2000 << 112, 3, 128) {
+        return Some("reserved, outside global unicast");
+    }
+    None
+}
+
+/// The IPv4 address carried by an IPv4-mapped, IPv4-compatible, NAT64 (`64:ff9b::/96`) or 6to4
+/// IPv6 address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(ip);
+    let low32 = Ipv4Addr::from(bits as u32);
+    if prefix_matches(bits, 0xffff << 32, 96, 128) // ::ffff:a.b.c.d, IPv4-mapped.
+        || prefix_matches(bits, 0, 96, 128) // ::a.b.c.d, IPv4-compatible.
+        || prefix_matches(bits, 0x0064_ff9b << 96, 96, 128)
+    {
+        return Some(low32);
+    }
+    if prefix_matches(bits, 0x2002 << 112, 16, 128) {
+        // 2002:aabb:ccdd::/48 carries a.b.c.d in its bits 16 to 47.
+        return Some(Ipv4Addr::from((bits >> 80) as u32));
+    }
+    None
+}
+
+/// Whether the top `len` of `width` bits of `addr` equal those of `net`.
+fn prefix_matches(addr: u128, net: u128, len: u32, width: u32) -> bool {
+    let shift = width - len;
+    addr.checked_shr(shift).unwrap_or(0) == net.checked_shr(shift).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_ranges_and_their_boundaries() {
+        let table: &[(&str, bool)] = &[
+            // Public IPv4, including neighbours of forbidden ranges.
+            ("8.8.8.8", false),
+            ("1.1.1.1", false),
+            ("1.0.0.0", false),
+            ("9.255.255.255", false),
+            ("11.0.0.0", false),
+            ("100.63.255.255", false),
+            ("100.128.0.0", false),
+            ("126.255.255.255", false),
+            ("128.0.0.0", false),
+            ("169.253.255.255", false),
+            ("169.255.0.0", false),
+            ("172.15.255.255", false),
+            ("172.32.0.0", false),
+            ("191.255.255.255", false),
+            ("192.0.1.0", false),
+            ("192.0.3.0", false),
+            ("192.88.98.255", false),
+            ("192.167.255.255", false),
+            ("192.169.0.0", false),
+            ("198.17.255.255", false),
+            ("198.20.0.0", false),
+            ("198.51.99.255", false),
+            ("198.51.101.0", false),
+            ("203.0.112.255", false),
+            ("203.0.114.0", false),
+            ("223.255.255.255", false),
+            // Forbidden IPv4, at both ends of each range.
+            ("0.0.0.0", true),
+            ("0.255.255.255", true),
+            ("10.0.0.0", true),
+            ("10.255.255.255", true),
+            ("100.64.0.0", true),
+            ("100.127.255.255", true),
+            ("127.0.0.1", true),
+            ("127.255.255.255", true),
+            ("169.254.0.0", true),
+            ("169.254.169.254", true),
+            ("169.254.255.255", true),
+            ("172.16.0.0", true),
+            ("172.31.255.255", true),
+            ("192.0.0.0", true),
+            ("192.0.0.255", true),
+            ("192.0.2.0", true),
+            ("192.0.2.255", true),
+            ("192.88.99.1", true),
+            ("192.168.0.0", true),
+            ("192.168.255.255", true),
+            ("198.18.0.0", true),
+            ("198.19.255.255", true),
+            ("198.51.100.0", true),
+            ("198.51.100.255", true),
+            ("203.0.113.0", true),
+            ("203.0.113.255", true),
+            ("224.0.0.0", true),
+            ("239.255.255.255", true),
+            ("240.0.0.0", true),
+            ("254.255.255.255", true),
+            ("255.255.255.255", true),
+            // Public IPv6.
+            ("2606:4700::1111", false),
+            ("2001:4860:4860::8888", false),
+            ("2001:200::1", false),
+            ("2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", false),
+            ("2001:db9::", false),
+            ("2000::", false),
+            ("3ffe:ffff::1", false),
+            ("3fff:1000::", false),
+            // Forbidden IPv6.
+            ("::", true),
+            ("::1", true),
+            ("fc00::", true),
+            ("fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            ("fe80::", true),
+            ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            ("fec0::1", true),
+            ("ff00::", true),
+            ("ff02::1", true),
+            ("2001:db8::", true),
+            ("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", true),
+            ("2001::1", true),
+            ("2001:1ff:ffff::", true),
+            ("3fff::", true),
+            ("3fff:fff::", true),
+            ("100::", true),
+            ("64:ff9b:1::1", true),
+            ("1fff:ffff::", true),
+            ("4000::", true),
+            ("5f00::1", true),
+            // IPv6 embedding IPv4, judged by the embedded address.
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:10.1.2.3", true),
+            ("::ffff:169.254.169.254", true),
+            ("::ffff:0.0.0.0", true),
+            ("::ffff:8.8.8.8", false),
+            ("::127.0.0.1", true),
+            ("::192.168.1.1", true),
+            ("::0.0.0.2", true),
+            ("::8.8.8.8", false),
+            ("64:ff9b::127.0.0.1", true),
+            ("64:ff9b::a00:1", true),
+            ("64:ff9b::8.8.8.8", false),
+            ("2002:7f00:1::1", true),
+            ("2002:c0a8:101::", true),
+            ("2002:a9fe:a9fe::1", true),
+            ("2002:808:808::1", false),
+        ];
+        for (text, forbidden) in table {
+            let ip: IpAddr = text.parse().expect("the table holds valid addresses");
+            assert_eq!(is_forbidden(ip), *forbidden, "{text}");
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_accepted() {
+        let cases: &[(&str, bool, bool, bool, &str, u16)] = &[
+            // (url, sandbox, require_https, https, host, port)
+            (
+                "https://hooks.acme.example/preflix",
+                false,
+                true,
+                true,
+                "hooks.acme.example",
+                443,
+            ),
+            (
+                "https://hooks.acme.example:8443/p?q=1",
+                false,
+                true,
+                true,
+                "hooks.acme.example",
+                8443,
+            ),
+            (
+                "http://hooks.acme.example/p",
+                true,
+                true,
+                false,
+                "hooks.acme.example",
+                80,
+            ),
+            (
+                "http://hooks.acme.example:8080/p",
+                false,
+                false,
+                false,
+                "hooks.acme.example",
+                8080,
+            ),
+            (
+                "HTTPS://Hooks.Acme.Example/",
+                false,
+                true,
+                true,
+                "Hooks.Acme.Example",
+                443,
+            ),
+            (
+                "https://[2606:4700::1111]/",
+                false,
+                true,
+                true,
+                "[2606:4700::1111]",
+                443,
+            ),
+            (
+                "https://203.0.113.9:444",
+                false,
+                true,
+                true,
+                "203.0.113.9",
+                444,
+            ),
+            ("https://h:65535/", false, true, true, "h", 65535),
+            ("https://h:/", false, true, true, "h", 443),
+        ];
+        for (url, sandbox, require_https, https, host, port) in cases {
+            let parsed = parse_endpoint_url(url, *sandbox, *require_https)
+                .unwrap_or_else(|e| panic!("{url} refused: {e}"));
+            assert_eq!(parsed.scheme_https, *https, "{url}");
+            assert_eq!(parsed.host, *host, "{url}");
+            assert_eq!(parsed.port, *port, "{url}");
+            assert_eq!(parsed.uri, url.parse::<Uri>().expect("uri"), "{url}");
+        }
+    }
+
+    #[test]
+    fn endpoint_urls_refused() {
+        let long = format!("https://hooks.acme.example/{}", "a".repeat(MAX_URL_LEN));
+        let cases: &[(&str, bool, UrlError)] = &[
+            (
+                "http://hooks.acme.example/p",
+                false,
+                UrlError::HttpsRequired,
+            ),
+            (
+                "ftp://hooks.acme.example/p",
+                true,
+                UrlError::Scheme {
+                    scheme: "ftp".into(),
+                },
+            ),
+            ("/hooks", true, UrlError::NotAbsolute),
+            ("hooks.acme.example", true, UrlError::NotAbsolute),
+            (
+                "https://user:pass@hooks.acme.example/",
+                true,
+                UrlError::UserInfo,
+            ),
+            ("https://user@hooks.acme.example/", true, UrlError::UserInfo),
+            (
+                "https://hooks.acme.example/p#frag",
+                true,
+                UrlError::Fragment,
+            ),
+            ("https://hooks.acme.example/#", true, UrlError::Fragment),
+            ("https://:443/p", true, UrlError::MissingHost),
+            (&long, true, UrlError::TooLong { len: long.len() }),
+        ];
+        for (url, sandbox, expected) in cases {
+            let got = parse_endpoint_url(url, *sandbox, true).expect_err(url);
+            assert_eq!(&got, expected, "{url}");
+        }
+        for url in [
+            "",
+            "https://hooks acme/",
+            "https://hooks.acme.example:0/",
+            "https://h:99999/",
+            "https://h:65536/",
+            "https://h:+80/",
+        ] {
+            let got = parse_endpoint_url(url, true, true).expect_err(url);
+            assert!(
+                matches!(got, UrlError::Invalid { .. } | UrlError::NotAbsolute),
+                "{url}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_limit_is_inclusive() {
+        let base = "https://hooks.acme.example/";
+        let exact = format!("{base}{}", "a".repeat(MAX_URL_LEN - base.len()));
+        assert_eq!(exact.len(), MAX_URL_LEN);
+        assert!(parse_endpoint_url(&exact, false, true).is_ok());
+        let over = format!("{exact}a");
+        assert_eq!(
+            parse_endpoint_url(&over, false, true),
+            Err(UrlError::TooLong {
+                len: MAX_URL_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn https_message_names_the_setting() {
+        let err = parse_endpoint_url("http://hooks.acme.example/", false, true)
+            .expect_err("http in production");
+        assert_eq!(
+            err.to_string(),
+            "production endpoints must use https; set delivery.require_https = false to allow http"
+        );
+    }
+
+    #[tokio::test]
+    async fn localhost_is_refused_unless_private_networks_are_allowed() {
+        let err = check_host("localhost", 80, false)
+            .await
+            .expect_err("localhost is loopback");
+        assert!(
+            matches!(
+                err,
+                GuardError::Forbidden {
+                    kind: "loopback",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the host localhost resolves to "),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("set delivery.allow_private_networks = true to allow it"),
+            "{message}"
+        );
+
+        let addrs = check_host("localhost", 80, true).await.expect("allowed");
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 80));
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_checked_without_lookup() {
+        for host in [
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+            "[::ffff:127.0.0.1]",
+            "10.0.0.1",
+            "[fe80::1]",
+        ] {
+            let err = check_host(host, 443, false).await.expect_err(host);
+            assert!(
+                matches!(err, GuardError::Forbidden { .. }),
+                "{host}: {err:?}"
+            );
+            assert!(check_literal(host, false).is_err(), "{host}");
+            assert!(check_literal(host, true).is_ok(), "{host}");
+        }
+        let err = check_host("127.0.0.1", 443, false)
+            .await
+            .expect_err("loopback");
+        assert_eq!(
+            err.to_string(),
+            "the address 127.0.0.1 is not a public address (loopback); \
+             set delivery.allow_private_networks = true to allow it"
+        );
+
+        let public = check_host("8.8.8.8", 443, false).await.expect("public");
+        assert_eq!(public, vec!["8.8.8.8:443".parse().expect("address")]);
+        let v6 = check_host("[2606:4700::1111]", 443, false)
+            .await
+            .expect("public");
+        assert_eq!(v6, vec!["[2606:4700::1111]:443".parse().expect("address")]);
+        let private = check_host("[::1]", 8080, true).await.expect("allowed");
+        assert_eq!(private, vec!["[::1]:8080".parse().expect("address")]);
+        assert!(check_literal("hooks.acme.example", false).is_ok());
+    }
+
+    #[tokio::test]
+    async fn unresolvable_names_are_their_own_error() {
+        let err = check_host("nonexistent.invalid", 443, false)
+            .await
+            .expect_err(".invalid never resolves");
+        assert!(matches!(err, GuardError::Resolve { .. }), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with("could not resolve the host nonexistent.invalid: "));
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_localhost() {
+        let name: Name = "localhost".parse().expect("name");
+        let err = Service::call(&mut GuardedResolver::new(false), name.clone())
+            .await
+            .expect_err("loopback");
+        assert!(matches!(err, GuardError::Forbidden { .. }), "{err:?}");
+
+        let addrs: Vec<SocketAddr> = Service::call(&mut GuardedResolver::new(true), name)
+            .await
+            .expect("allowed")
+            .collect();
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() == 0));
+    }
+
+    #[tokio::test]
+    async fn connector_refuses_literals_and_names() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        for url in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("https://127.0.0.1:{port}/"),
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+            format!("http://localhost:{port}/"),
+        ] {
+            let uri: Uri = url.parse().expect("uri");
+            let err = GuardedConnector::http(false)
+                .call(uri)
+                .await
+                .expect_err(&url);
+            let guard = find_guard_error(err.as_ref());
+            assert!(
+                matches!(guard, Some(GuardError::Forbidden { .. })),
+                "{url}: {err:?}"
+            );
+        }
+        for url in [
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://localhost:{port}/"),
+        ] {
+            let uri: Uri = url.parse().expect("uri");
+            GuardedConnector::http(true).call(uri).await.expect(&url);
+        }
+    }
+
+    #[test]
+    fn connector_fits_the_legacy_client() {
+        fn assert_connect<C: hyper_util::client::legacy::connect::Connect + Clone + Sync>() {}
+        assert_connect::<GuardedConnector<HttpConnector<GuardedResolver>>>();
+    }
+}

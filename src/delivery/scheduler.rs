@@ -1,0 +1,338 @@
+//! The scheduler: claims due deliveries from the store's queue, runs attempts within the limits, settles outcomes.
+//!
+//! It keeps in memory only what is under way (claimed deliveries, per-endpoint counts and rate buckets);
+//! the queue itself stays in the store and is read a few entries per endpoint at a time, so a million
+//! pending deliveries cost no memory here. A claim is never written to disk: if the process dies, the
+//! delivery is still in the queue, due, and is attempted again after the restart.
+
+use super::attempt::{Client, Outcome};
+use super::retry::{self, AttemptResult, Decision, RetryPolicy};
+use crate::config::Config;
+use crate::model::{Attempt, DeadReason, Endpoint};
+use crate::shutdown::Shutdown;
+use crate::store::{SettleOutcome, Settlement, Store};
+use crate::telemetry::Metrics;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// What the rest of the daemon may ask the scheduler; cheap to clone.
+#[derive(Clone, Default)]
+pub struct SchedulerHandle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Deliveries with an attempt under way.
+    claimed: Mutex<HashSet<u64>>,
+    in_flight: AtomicUsize,
+    /// Attempts under way per endpoint.
+    per_endpoint: Mutex<HashMap<u64, EndpointRun>>,
+    /// Woken when an attempt finishes, so the freed slot is used at once.
+    done: Notify,
+    /// Unix ms of the scheduler's last loop: the watchdog proves the scheduler is alive with it.
+    heartbeat_ms: AtomicU64,
+    /// Queue entries of endpoints a status request may look at.
+    store: Mutex<Option<Store>>,
+}
+
+#[derive(Default)]
+struct EndpointRun {
+    in_flight: u32,
+    /// Token bucket for `rate_limit_per_second`: tokens and when they were last topped up.
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+impl SchedulerHandle {
+    pub fn is_in_flight(&self, delivery_seq: u64) -> bool {
+        self.shared.claimed.lock().expect("claims lock is never poisoned").contains(&delivery_seq)
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Pending deliveries of an endpoint that are not under way.
+    pub fn endpoint_pending(&self, num: u64) -> u64 {
+        let store = self.shared.store.lock().expect("store lock is never poisoned").clone();
+        let pending = store.map(|s| s.endpoint_pending(num)).unwrap_or(0);
+        let running = self
+            .shared
+            .per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned")
+            .get(&num)
+            .map_or(0, |r| r.in_flight);
+        pending.saturating_sub(u64::from(running))
+    }
+
+    /// The due time of the oldest waiting delivery, looking at the head of each endpoint's queue.
+    pub fn oldest_due_ms(&self) -> Option<u64> {
+        let store = self.shared.store.lock().expect("store lock is never poisoned").clone()?;
+        store
+            .endpoints()
+            .iter()
+            .filter_map(|ep| store.first_queue_entry(ep.num, 0).ok().flatten())
+            .map(|e| e.due_ms)
+            .min()
+    }
+
+    /// When the scheduler last went round its loop, unix ms.
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.shared.heartbeat_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// The scheduler task's state.
+pub struct Scheduler {
+    store: Store,
+    config: Arc<Config>,
+    client: Client,
+    metrics: Arc<Metrics>,
+    handle: SchedulerHandle,
+    policy: Arc<RetryPolicy>,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Scheduler, String> {
+        let client = Client::new(&config.delivery)?;
+        let policy = Arc::new(RetryPolicy {
+            schedule: config.retry.schedule.clone(),
+            jitter: config.retry.jitter,
+            max_retry_after: config.retry.max_retry_after,
+        });
+        let handle = SchedulerHandle::default();
+        *handle.shared.store.lock().expect("store lock is never poisoned") = Some(store.clone());
+        Ok(Scheduler { store, config, client, metrics, handle, policy })
+    }
+
+    pub fn handle(&self) -> SchedulerHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown`, then lets attempts under way finish within `server.shutdown_grace`.
+    pub async fn run(self, shutdown: Shutdown) {
+        let wake = self.store.wake_handle();
+        let mut tasks = JoinSet::new();
+        let this = Arc::new(self);
+        loop {
+            this.handle.shared.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            let next_due = this.dispatch(&mut tasks);
+            while tasks.try_join_next().is_some() {}
+            let sleep = match next_due {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())).min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = this.handle.shared.done.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        let grace = this.config.server.shutdown_grace;
+        let running = tasks.len();
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        match drained {
+            Ok(()) => tracing::info!(attempts = running, "scheduler stopped; attempts under way finished"),
+            Err(_) => {
+                tracing::warn!(cut_off = tasks.len(), "shutdown grace over; attempts cut off will be made again after restart");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+    }
+
+    /// Claims what is due within the limits and starts its attempts. Returns the next due time it saw.
+    fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
+        let now = now_ms();
+        let max_total = self.config.delivery.max_in_flight;
+        let mut next_due: Option<u64> = None;
+        let mut note = |t: u64| next_due = Some(next_due.map_or(t, |n| n.min(t)));
+        for ep in self.store.endpoints() {
+            if !ep.enabled {
+                continue;
+            }
+            let free_total = max_total.saturating_sub(self.handle.in_flight_count());
+            if free_total == 0 {
+                break;
+            }
+            let (room, wait_until) = self.room(&ep, now);
+            if let Some(t) = wait_until {
+                note(t);
+            }
+            let room = room.min(free_total);
+            if room == 0 {
+                continue;
+            }
+            let claimed = match self.due_entries(&ep, now, room, &mut note) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the queue failed");
+                    continue;
+                }
+            };
+            for seq in claimed {
+                self.claim(&ep, seq);
+                let this = self.clone();
+                let ep = ep.clone();
+                tasks.spawn(async move { this.run_attempt(ep, seq).await });
+            }
+        }
+        next_due
+    }
+
+    /// How many attempts this endpoint may start now, and when it may start more if none.
+    fn room(&self, ep: &Endpoint, now: u64) -> (usize, Option<u64>) {
+        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        let run = runs.entry(ep.num).or_default();
+        let limit = if ep.ordered { 1 } else { ep.max_in_flight.max(1) };
+        let mut room = limit.saturating_sub(run.in_flight) as usize;
+        if let Some(rate) = ep.rate_limit_per_second {
+            let rate = f64::from(rate.max(1));
+            let at = Instant::now();
+            let elapsed = run.refilled.map_or(1.0, |t| at.duration_since(t).as_secs_f64());
+            run.tokens = (run.tokens + elapsed * rate).min(rate);
+            run.refilled = Some(at);
+            let whole = run.tokens.floor() as usize;
+            if whole == 0 {
+                let wait_ms = ((1.0 - run.tokens) / rate * 1000.0).ceil() as u64;
+                return (0, Some(now + wait_ms.max(1)));
+            }
+            room = room.min(whole);
+        }
+        (room, None)
+    }
+
+    /// Up to `room` due deliveries of this endpoint that are not already under way.
+    fn due_entries(
+        &self,
+        ep: &Endpoint,
+        now: u64,
+        room: usize,
+        note: &mut impl FnMut(u64),
+    ) -> Result<Vec<u64>, crate::store::StoreError> {
+        let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned").clone();
+        if ep.ordered {
+            // Only the head may go, and only when nothing of this endpoint is under way.
+            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else { return Ok(vec![]) };
+            if claimed.contains(&head.delivery_seq) {
+                return Ok(vec![]);
+            }
+            if head.due_ms > now {
+                note(head.due_ms);
+                return Ok(vec![]);
+            }
+            return Ok(vec![head.delivery_seq]);
+        }
+        let in_flight_here = self
+            .handle
+            .shared
+            .per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned")
+            .get(&ep.num)
+            .map_or(0, |r| r.in_flight as usize);
+        let entries = self.store.queue_entries(ep.num, now, room + in_flight_here)?;
+        let due: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
+            .map(|e| e.delivery_seq)
+            .take(room)
+            .collect();
+        if due.len() < room {
+            if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
+                note(next.due_ms);
+            }
+        }
+        Ok(due)
+    }
+
+    fn claim(&self, ep: &Endpoint, seq: u64) {
+        self.handle.shared.claimed.lock().expect("claims lock is never poisoned").insert(seq);
+        self.handle.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        let run = runs.entry(ep.num).or_default();
+        run.in_flight += 1;
+        if ep.rate_limit_per_second.is_some() {
+            run.tokens -= 1.0;
+        }
+    }
+
+    fn release(&self, endpoint_num: u64, seq: u64) {
+        self.handle.shared.claimed.lock().expect("claims lock is never poisoned").remove(&seq);
+        self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        if let Some(run) = runs.get_mut(&endpoint_num) {
+            run.in_flight = run.in_flight.saturating_sub(1);
+        }
+        drop(runs);
+        self.handle.shared.done.notify_one();
+    }
+
+    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, seq: u64) {
+        // Released on every path out, including an abort at the end of the shutdown grace.
+        struct Release<'a>(&'a Scheduler, u64, u64);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.release(self.1, self.2);
+            }
+        }
+        let _release = Release(&self, ep.num, seq);
+        if let Err(e) = self.attempt_and_settle(&ep, seq).await {
+            tracing::error!(error = %e, "settling an attempt failed; it will be attempted again");
+        }
+    }
+
+    async fn attempt_and_settle(&self, ep: &Endpoint, seq: u64) -> Result<(), crate::store::StoreError> {
+        let Some(delivery) = self.store.delivery(seq)? else { return Ok(()) };
+        let Some(event) = self.store.event(delivery.event_seq)? else { return Ok(()) };
+        let n = delivery.attempts.len() as u32 + 1;
+        let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);
+        let _entered = span.enter();
+        let started_ms = now_ms();
+        let outcome: Outcome = self.client.attempt(ep, &event, n, (started_ms / 1000) as i64).await;
+        let secs = outcome.duration.as_secs_f64();
+        self.metrics.record_attempt(outcome.status_code, secs);
+        tracing::debug!(status = ?outcome.status_code, error = ?outcome.error, ms = outcome.duration.as_millis() as u64, "attempt finished");
+        let result = match outcome.status_code {
+            Some(code) => AttemptResult::Status { code, retry_after: outcome.retry_after.clone() },
+            None => AttemptResult::Failed,
+        };
+        let in_round = delivery.attempts_in_round() + 1;
+        let decision = retry::decide(&self.policy, in_round, &result, now_ms(), rand::random::<f64>());
+        let outcome_kind = match decision {
+            Decision::Succeeded => SettleOutcome::Succeeded,
+            Decision::Retry { at_ms } => SettleOutcome::Retry { at_ms },
+            Decision::Dead { reason } => {
+                let reason = match reason {
+                    retry::DeadReason::EndpointGone => DeadReason::EndpointGone,
+                    retry::DeadReason::RetriesExhausted => DeadReason::RetriesExhausted,
+                };
+                tracing::info!(event_id = %event.id, endpoint_id = %ep.id(), reason = reason.as_str(), "delivery dead-lettered");
+                SettleOutcome::Dead { reason }
+            }
+        };
+        let attempt = Attempt {
+            n,
+            at_ms: started_ms,
+            status_code: outcome.status_code,
+            duration_ms: outcome.duration.as_millis().min(u128::from(u32::MAX)) as u32,
+            error: outcome.error,
+            response_snippet: outcome.response_snippet,
+        };
+        let disable_after_ms = self.config.endpoints.disable_after.as_millis() as u64;
+        self.store
+            .settle(Settlement { delivery_seq: seq, attempt, outcome: outcome_kind, disable_after_ms })
+            .await
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::api::now_ms()
+}

@@ -1,0 +1,135 @@
+//! preflix-webhookd: a single-node daemon that stores Preflix AI's webhook events durably and delivers them, signed, to partner endpoints.
+//!
+//! # Layout
+//!
+//! | concept | where |
+//! |---|---|
+//! | command line | `main.rs` (thin), [`cli`] |
+//! | settings | [`config`]: the only reader of config files and settings from the environment |
+//! | event catalog | [`catalog`], from `data/catalog.json` |
+//! | plain data | [`model`] |
+//! | durable state | [`store`]: the only module that imports sled; group commit |
+//! | HTTP interface | [`api`] |
+//! | delivering | [`delivery`]: scheduler, attempt, retry policy, address guard |
+//! | signatures | [`signing`]: signer and verifier, shared with partners |
+//! | logs and metrics | [`telemetry`] |
+//! | stopping | [`shutdown`] |
+//!
+//! Data flow: HTTP ingest → validate → one store transaction (event, id record, one delivery per
+//! matching endpoint, queue entries) → group commit (flush + fdatasync) → 202 → scheduler woken →
+//! claim due → attempt (sign, send, classify) → settle in one transaction.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod model;
+pub mod shutdown;
+pub mod signing;
+pub mod store;
+pub mod telemetry;
+
+use api::AppState;
+use config::Config;
+use shutdown::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Memory sled may use for its page cache.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot set up delivery: {0}")]
+    Delivery(String),
+}
+
+/// Runs the daemon on `listener` until `shutdown` fires; returns once everything is flushed.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+    let token = config::load_admin_token_from_process_env(&config)?;
+    if token.generated {
+        tracing::info!(path = %token.source.display(), "generated an admin token");
+    } else {
+        tracing::info!(path = %token.source.display(), "admin token loaded");
+    }
+    let config = Arc::new(config);
+    let dir = config.storage.dir.clone();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&dir, CACHE_BYTES))
+        .await
+        .map_err(|e| RunError::Delivery(format!("store open task failed: {e}")))??;
+    let metrics = Arc::new(telemetry::Metrics::default());
+    let scheduler = delivery::Scheduler::new(store.clone(), config.clone(), metrics.clone())
+        .map_err(RunError::Delivery)?;
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        store: store.clone(),
+        scheduler: scheduler.handle(),
+        metrics,
+        token: token.token,
+        started: Instant::now(),
+        ready: AtomicBool::new(false),
+        storage_full: AtomicBool::new(false),
+    });
+    let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
+    let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
+    let addr = listener.local_addr().ok();
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(listen = ?addr, dir = %config.storage.dir.display(), "preflix-webhookd ready");
+    api::serve(listener, state.clone(), shutdown.clone()).await;
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = scheduler_task.await;
+    let _ = housekeeping.await;
+    let store_close = store.clone();
+    tokio::task::spawn_blocking(move || store_close.close())
+        .await
+        .map_err(|e| RunError::Delivery(format!("store close task failed: {e}")))??;
+    tracing::info!("preflix-webhookd stopped");
+    Ok(())
+}
+
+/// Background upkeep: storage size for backpressure and metrics, and retention.
+async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
+    let mut last_purge = Instant::now();
+    loop {
+        let bytes = state.store.size_on_disk();
+        state.metrics.storage_bytes.set(bytes as i64);
+        let max = state.config.storage.max_bytes;
+        state.storage_full.store(max > 0 && bytes >= max, Ordering::Relaxed);
+        if last_purge.elapsed() >= state.config.retention.interval {
+            last_purge = Instant::now();
+            purge(&state).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// Retention: final events and old dead letters, in small batches that never hold the writer long.
+async fn purge(state: &AppState) {
+    let now = api::now_ms();
+    let before = now.saturating_sub(state.config.retention.events.as_millis() as u64);
+    let dead_before = now.saturating_sub(state.config.retention.dead_letters.as_millis() as u64);
+    loop {
+        match state.store.purge(before, dead_before, 256).await {
+            Ok((0, 0)) => break,
+            Ok((events, dead)) => tracing::debug!(events, dead, "retention purged"),
+            Err(e) => {
+                tracing::error!(error = %e, "retention purge failed");
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}

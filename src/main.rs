@@ -1,0 +1,129 @@
+//! The `preflix-webhookd` binary: parses the command line, loads the config, starts logging and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use preflix_webhookd::config::Config;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a bad configuration (EX_CONFIG from sysexits.h).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "preflix-webhookd", version, about = "Signed webhook delivery daemon for Preflix AI partner events")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML); also from PREFLIX_WEBHOOKD_CONFIG. Without one, every setting has its default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the headers a delivery of the body on stdin would carry.
+    Sign {
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+    /// Exit 0 if the headers verify the body on stdin, 1 with the reason if not.
+    Verify {
+        #[arg(long)]
+        secret: String,
+        #[arg(long, default_value_t = 300)]
+        tolerance: u64,
+        /// A header as 'name: value'; repeat for each.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Sign { secret, id, timestamp } => {
+            let body = read_stdin();
+            let mut out = std::io::stdout();
+            match preflix_webhookd::cli::partner::sign_command(&secret, id.as_deref(), timestamp, &body, now_secs(), &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("preflix-webhookd sign: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Verify { secret, tolerance, headers } => {
+            let body = read_stdin();
+            match preflix_webhookd::cli::partner::verify_command(&secret, tolerance, &headers, &body, now_secs()) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    eprintln!("{reason}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("preflix-webhookd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    preflix_webhookd::telemetry::init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("preflix-webhookd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
+        let shutdown = preflix_webhookd::shutdown::from_signals()?;
+        preflix_webhookd::run(config, listener, shutdown).await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("preflix-webhookd: {e:#}");
+            match e.downcast_ref::<preflix_webhookd::RunError>() {
+                Some(preflix_webhookd::RunError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn read_stdin() -> Vec<u8> {
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("preflix-webhookd: cannot read stdin: {e}");
+    }
+    body
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,256 @@
+//! How records and keys become bytes: a version byte plus bincode for values, big-endian numbers for keys.
+
+use crate::model::{
+    DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord,
+};
+use bincode::Options;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::StoreError;
+
+/// No stored record is larger than this; decoding refuses anything that claims more.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A value stored in sled: encoded as one version byte followed by bincode.
+///
+/// When a record's shape changes, bump `VERSION`, keep the old shape as a private struct and
+/// convert it in `decode`, so a newer daemon reads an older daemon's data.
+pub trait Record: Serialize + DeserializeOwned {
+    const VERSION: u8;
+    const NAME: &'static str;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.push(Self::VERSION);
+        options()
+            .serialize_into(&mut out, self)
+            .expect("serializing into a Vec does not fail for these plain types");
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        match bytes.split_first() {
+            Some((&v, rest)) if v == Self::VERSION => options()
+                .deserialize(rest)
+                .map_err(|e| StoreError::Corrupt(format!("{} record: {e}", Self::NAME))),
+            Some((&v, _)) => Err(StoreError::Corrupt(format!(
+                "{} record has version {v}; this daemon reads version {}",
+                Self::NAME,
+                Self::VERSION
+            ))),
+            None => Err(StoreError::Corrupt(format!("{} record is empty", Self::NAME))),
+        }
+    }
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .with_limit(MAX_RECORD_BYTES)
+}
+
+impl Record for Event {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "event";
+}
+impl Record for EventIdRecord {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "event id";
+}
+impl Record for Endpoint {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "endpoint";
+}
+impl Record for EndpointHealth {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "endpoint health";
+}
+impl Record for Delivery {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "delivery";
+}
+impl Record for DeadLetter {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "dead letter";
+}
+impl Record for super::Counters {
+    const VERSION: u8 = 1;
+    const NAME: &'static str = "counters";
+}
+
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn read_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let len = bytes.len().min(8);
+    buf[..len].copy_from_slice(&bytes[..len]);
+    u64::from_be_bytes(buf)
+}
+
+/// `(a, b)` as 16 sortable bytes: used for the event → deliveries index.
+pub fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&a.to_be_bytes());
+    key[8..].copy_from_slice(&b.to_be_bytes());
+    key
+}
+
+/// A queue entry's key: endpoint, sort position, delivery.
+///
+/// The sort position is the due time for unordered endpoints (so the due ones come first) and 0
+/// for ordered endpoints (so reception order rules); the value always holds the due time.
+pub fn queue_key(endpoint_num: u64, sort: u64, delivery_seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&endpoint_num.to_be_bytes());
+    key[8..16].copy_from_slice(&sort.to_be_bytes());
+    key[16..].copy_from_slice(&delivery_seq.to_be_bytes());
+    key
+}
+
+/// Splits a queue key into (endpoint, sort, delivery).
+pub fn split_queue_key(key: &[u8]) -> (u64, u64, u64) {
+    (read_u64(&key[..8]), read_u64(&key[8..16]), read_u64(&key[16..24]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn sample_event() -> Event {
+        Event {
+            seq: 7,
+            id: "evt_7b2".into(),
+            partner_id: "acme-health".into(),
+            environment: Environment::Production,
+            event_type: "audit.completed".into(),
+            created_at: "2026-01-15T19:04:12Z".into(),
+            received_at_ms: 1_768_503_852_000,
+            payload: br#"{"id":"evt_7b2"}"#.to_vec(),
+            content_hash: [3; 32],
+        }
+    }
+
+    fn sample_delivery() -> Delivery {
+        Delivery {
+            seq: 9,
+            event_seq: 7,
+            endpoint_num: 2,
+            status: DeliveryStatus::Pending,
+            next_attempt_at_ms: Some(1_768_503_852_000),
+            attempts: vec![Attempt {
+                n: 1,
+                at_ms: 1_768_503_852_001,
+                status_code: Some(500),
+                duration_ms: 12,
+                error: None,
+                response_snippet: Some("oops".into()),
+            }],
+            attempts_before_redrive: 0,
+            created_at_ms: 1_768_503_852_000,
+        }
+    }
+
+    /// Golden bytes: if one of these changes, old data no longer reads. Bump the version instead.
+    #[test]
+    fn golden_event() {
+        let bytes = sample_event().encode();
+        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        assert_eq!(Event::decode(&bytes).unwrap(), sample_event());
+    }
+
+    #[test]
+    fn golden_delivery() {
+        let bytes = sample_delivery().encode();
+        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/delivery.v1.hex").trim());
+        assert_eq!(Delivery::decode(&bytes).unwrap(), sample_delivery());
+    }
+
+    #[test]
+    fn golden_endpoint() {
+        let ep = Endpoint {
+            num: 2,
+            partner_id: "acme-health".into(),
+            environment: Environment::Sandbox,
+            url: "https://hooks.acme.example/preflix".into(),
+            event_types: vec!["*".into()],
+            description: "case sync".into(),
+            headers: vec![("x-acme-route".into(), "cases".into())],
+            ordered: true,
+            max_in_flight: 16,
+            rate_limit_per_second: Some(5),
+            enabled: true,
+            disabled_reason: None,
+            created_at_ms: 1,
+            secrets: vec![EndpointSecret { secret: "whsec_AAAA".into(), expires_at_ms: Some(5) }],
+        };
+        let bytes = ep.encode();
+        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim());
+        assert_eq!(Endpoint::decode(&bytes).unwrap(), ep);
+    }
+
+    #[test]
+    fn golden_small_records() {
+        let id = EventIdRecord { event_seq: 7, content_hash: [1; 32], deliveries: 2 };
+        let health = EndpointHealth {
+            consecutive_failures: 3,
+            last_status_code: Some(503),
+            last_success_at_ms: None,
+            last_failure_at_ms: Some(10),
+            failing_since_ms: Some(8),
+        };
+        let dl = DeadLetter {
+            seq: 1,
+            delivery_seq: 9,
+            event_seq: 7,
+            endpoint_num: 2,
+            attempts: 10,
+            last_status_code: None,
+            last_error: Some("connection refused".into()),
+            first_attempt_at_ms: Some(1),
+            dead_at_ms: 2,
+            reason: DeadReason::RetriesExhausted,
+        };
+        let all = format!(
+            "{}\n{}\n{}\n",
+            hex(&id.encode()),
+            hex(&health.encode()),
+            hex(&dl.encode())
+        );
+        assert_eq!(all, include_str!("../../tests/fixtures/golden/small.v1.hex"));
+        assert_eq!(EventIdRecord::decode(&id.encode()).unwrap(), id);
+        assert_eq!(EndpointHealth::decode(&health.encode()).unwrap(), health);
+        assert_eq!(DeadLetter::decode(&dl.encode()).unwrap(), dl);
+    }
+
+    #[test]
+    fn decode_refuses_unknown_versions_truncation_and_huge_lengths() {
+        let mut bytes = sample_event().encode();
+        bytes[0] = 9;
+        assert!(matches!(Event::decode(&bytes), Err(StoreError::Corrupt(m)) if m.contains("version 9")));
+        let bytes = sample_event().encode();
+        assert!(Event::decode(&bytes[..bytes.len() - 3]).is_err());
+        assert!(Event::decode(&[]).is_err());
+        // A length prefix claiming 2^40 bytes must fail on the limit, not try to allocate.
+        let mut huge = vec![1u8, 14];
+        huge.push(0xfd);
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(Event::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn keys_sort_by_numbers() {
+        assert!(queue_key(1, 5, 9) < queue_key(1, 6, 0));
+        assert!(queue_key(1, u64::MAX, 9) < queue_key(2, 0, 0));
+        assert_eq!(split_queue_key(&queue_key(3, 4, 5)), (3, 4, 5));
+        assert!(pair_key(1, 300) < pair_key(2, 1));
+        assert_eq!(read_u64(&u64_key(42)), 42);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

@@ -1,0 +1,369 @@
+//! The durable store: the only module that imports sled. Trees, reads, and the single writer that commits in groups.
+//!
+//! Trees (keys are big-endian numbers so they sort):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `events` | event seq | [`Event`] |
+//! | `event_ids` | event id text | [`EventIdRecord`] (idempotency) |
+//! | `endpoints` | endpoint num | [`Endpoint`] |
+//! | `health` | endpoint num | [`EndpointHealth`] |
+//! | `deliveries` | delivery seq | [`Delivery`] |
+//! | `event_deliveries` | event seq, delivery seq | empty (index) |
+//! | `queue` | endpoint num, sort, delivery seq | due time, unix ms (the due-time index) |
+//! | `dead_letters` | dead letter seq | [`DeadLetter`] |
+//! | `meta` | name | [`Counters`], schema version |
+//!
+//! Every change goes through [`Store::write`]: one writer thread applies all queued changes in one sled
+//! transaction, and a syncer thread makes them durable (`flush` then `fdatasync`) before answering the
+//! ones that asked for durability. Reads go straight to the trees from any thread.
+
+pub mod codec;
+mod ops;
+mod writer;
+
+pub use ops::{IngestOutcome, NewEvent, SettleOutcome, Settlement};
+pub use writer::{Tx, TxResult};
+
+use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
+use codec::Record;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// sled's segment size. Fixed: sled refuses to reopen a database with a different one.
+/// Values up to a quarter of it (minus a header) are written inline in the log that `fdatasync` covers;
+/// larger ones become blob files, which the syncer fsyncs too.
+const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
+const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Running totals kept in the same transactions as the changes they count, so they never drift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub deliveries_created: u64,
+    pub deliveries_succeeded: u64,
+    pub deliveries_dead: u64,
+    pub deliveries_cancelled: u64,
+    pub attempts_failed: u64,
+    pub attempts_succeeded: u64,
+    /// Deliveries with status pending (including those with an attempt under way).
+    pub pending: u64,
+    /// Pending deliveries that have failed at least once in their current round.
+    pub retrying: u64,
+    pub dead_letters: u64,
+}
+
+/// Handle to the open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<State>,
+    dir: PathBuf,
+    writer: writer::WriterHandle,
+}
+
+/// What the writer thread shares with readers.
+pub(crate) struct State {
+    pub db: sled::Db,
+    pub trees: Trees,
+    /// Every endpoint, kept in memory: ingest matches against it on every event.
+    pub endpoints: RwLock<BTreeMap<u64, Arc<Endpoint>>>,
+    /// The committed counters.
+    pub counters: Mutex<Counters>,
+    /// Pending deliveries per endpoint, counted from the queue at open and kept by each commit.
+    pub endpoint_pending: Mutex<std::collections::HashMap<u64, u64>>,
+    /// Woken after a commit that made deliveries due or changed endpoints: the scheduler waits on it.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+pub(crate) struct Trees {
+    pub events: sled::Tree,
+    pub event_ids: sled::Tree,
+    pub endpoints: sled::Tree,
+    pub health: sled::Tree,
+    pub deliveries: sled::Tree,
+    pub event_deliveries: sled::Tree,
+    pub queue: sled::Tree,
+    pub dead_letters: sled::Tree,
+    pub meta: sled::Tree,
+}
+
+impl Trees {
+    pub(crate) fn all(&self) -> [&sled::Tree; 9] {
+        [
+            &self.events,
+            &self.event_ids,
+            &self.endpoints,
+            &self.health,
+            &self.deliveries,
+            &self.event_deliveries,
+            &self.queue,
+            &self.dead_letters,
+            &self.meta,
+        ]
+    }
+}
+
+/// One entry of an endpoint's queue, as the scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub delivery_seq: u64,
+    pub due_ms: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let open = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            events: open("events")?,
+            event_ids: open("event_ids")?,
+            endpoints: open("endpoints")?,
+            health: open("health")?,
+            deliveries: open("deliveries")?,
+            event_deliveries: open("event_deliveries")?,
+            queue: open("queue")?,
+            dead_letters: open("dead_letters")?,
+            meta: open("meta")?,
+        };
+        match trees.meta.get("schema")? {
+            None => {
+                trees.meta.insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
+            }
+            Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
+                    dir.display(),
+                    codec::read_u64(&v)
+                )))
+            }
+        }
+        let mut endpoints = BTreeMap::new();
+        for item in trees.endpoints.iter() {
+            let (_, value) = item?;
+            let ep = Endpoint::decode(&value)?;
+            endpoints.insert(ep.num, Arc::new(ep));
+        }
+        let counters = match trees.meta.get("counters")? {
+            Some(v) => Counters::decode(&v)?,
+            None => Counters::default(),
+        };
+        let mut endpoint_pending = std::collections::HashMap::new();
+        for item in trees.queue.iter().keys() {
+            let key = item?;
+            *endpoint_pending.entry(codec::read_u64(&key[..8])).or_insert(0u64) += 1;
+        }
+        let state = Arc::new(State {
+            db,
+            trees,
+            endpoints: RwLock::new(endpoints),
+            counters: Mutex::new(counters),
+            endpoint_pending: Mutex::new(endpoint_pending),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        });
+        let writer = writer::start(state.clone(), dir)?;
+        Ok(Store { inner: Arc::new(Inner { state, dir: dir.to_path_buf(), writer }) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.inner.state.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Notified after every commit that may have made a delivery due.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.state.wake.clone()
+    }
+
+    pub fn counters(&self) -> Counters {
+        *self.inner.state.counters.lock().expect("counters lock is never poisoned")
+    }
+
+    /// Runs `op` inside the next group transaction; with `durable`, answers only once it is on stable storage.
+    ///
+    /// The closure may run more than once (sled retries conflicting transactions), so it must only
+    /// change the store through `tx`.
+    pub async fn write<R, F>(&self, durable: bool, op: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&Tx<'_>) -> TxResult<R> + Send + 'static,
+    {
+        self.inner.writer.submit(durable, op).await
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.write(true, |_| Ok(())).await
+    }
+
+    /// Stops the writer after the queued changes and flushes to disk.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.inner.writer.stop();
+        self.inner.state.db.flush()?;
+        Ok(())
+    }
+
+    // Reads.
+
+    /// Pending deliveries (including those in flight) of one endpoint.
+    pub fn endpoint_pending(&self, num: u64) -> u64 {
+        let pending = self.inner.state.endpoint_pending.lock().expect("pending lock is never poisoned");
+        pending.get(&num).copied().unwrap_or(0)
+    }
+
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.read_endpoints().values().cloned().collect()
+    }
+
+    pub fn endpoint(&self, num: u64) -> Option<Arc<Endpoint>> {
+        self.read_endpoints().get(&num).cloned()
+    }
+
+    pub fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
+        match self.inner.state.trees.health.get(codec::u64_key(num))? {
+            Some(v) => EndpointHealth::decode(&v),
+            None => Ok(EndpointHealth::default()),
+        }
+    }
+
+    pub fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let Some(rec) = self.inner.state.trees.event_ids.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let rec = EventIdRecord::decode(&rec)?;
+        self.event(rec.event_seq)
+    }
+
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        get(&self.inner.state.trees.events, seq)
+    }
+
+    pub fn delivery(&self, seq: u64) -> Result<Option<Delivery>, StoreError> {
+        get(&self.inner.state.trees.deliveries, seq)
+    }
+
+    /// The deliveries of one event, oldest first.
+    pub fn event_deliveries(&self, event_seq: u64) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.trees.event_deliveries.scan_prefix(codec::u64_key(event_seq)) {
+            let (key, _) = item?;
+            if let Some(d) = self.delivery(codec::read_u64(&key[8..]))? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events received at or after `since_ms`, in reception order, starting after event seq `after`.
+    pub fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.trees.events.range(codec::u64_key(after.saturating_add(1))..) {
+            let (_, v) = item?;
+            out.push(Event::decode(&v)?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
+        get(&self.inner.state.trees.dead_letters, seq)
+    }
+
+    /// Dead letters after seq `after`, oldest first, that pass `keep`, up to `limit`.
+    pub fn dead_letters(
+        &self,
+        after: u64,
+        limit: usize,
+        mut keep: impl FnMut(&DeadLetter) -> bool,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.trees.dead_letters.range(codec::u64_key(after.saturating_add(1))..) {
+            let (_, v) = item?;
+            let dl = DeadLetter::decode(&v)?;
+            if keep(&dl) {
+                out.push(dl);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of an endpoint's queue in queue order, with a sort position at or below `max_sort`.
+    pub fn queue_entries(
+        &self,
+        endpoint_num: u64,
+        max_sort: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let start = codec::queue_key(endpoint_num, 0, 0);
+        let end = codec::queue_key(endpoint_num, max_sort, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.inner.state.trees.queue.range(start..=end) {
+            let (key, value) = item?;
+            let (_, _, delivery_seq) = codec::split_queue_key(&key);
+            out.push(QueueEntry { delivery_seq, due_ms: codec::read_u64(&value) });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first queue entry of an endpoint with a sort position of at least `min_sort`.
+    pub fn first_queue_entry(&self, endpoint_num: u64, min_sort: u64) -> Result<Option<QueueEntry>, StoreError> {
+        let start = codec::queue_key(endpoint_num, min_sort, 0);
+        let end = codec::queue_key(endpoint_num, u64::MAX, u64::MAX);
+        match self.inner.state.trees.queue.range(start..=end).next() {
+            Some(item) => {
+                let (key, value) = item?;
+                let (_, _, delivery_seq) = codec::split_queue_key(&key);
+                Ok(Some(QueueEntry { delivery_seq, due_ms: codec::read_u64(&value) }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn read_endpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Endpoint>>> {
+        self.inner.state.endpoints.read().expect("endpoint cache lock is never poisoned")
+    }
+}
+
+fn get<T: Record>(tree: &sled::Tree, seq: u64) -> Result<Option<T>, StoreError> {
+    match tree.get(codec::u64_key(seq))? {
+        Some(v) => Ok(Some(T::decode(&v)?)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,477 @@
+//! The store's transactions: every state change of the daemon, each one atomic.
+
+use super::codec::{pair_key, queue_key, u64_key, Record};
+use super::writer::{TreeId, Tx, TxResult};
+use super::{Store, StoreError};
+use crate::model::{
+    Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Environment,
+    Event, EventIdRecord,
+};
+
+/// An event ready to store: validated, with its delivery body built and its content hashed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub partner_id: String,
+    pub environment: Environment,
+    pub event_type: String,
+    pub created_at: String,
+    pub received_at_ms: u64,
+    pub payload: Vec<u8>,
+    pub content_hash: [u8; 32],
+    /// Deliver to this endpoint alone (test events), instead of every matching one.
+    pub only_endpoint: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Accepted { deliveries: u32 },
+    Duplicate { deliveries: u32 },
+    Conflict,
+}
+
+/// How one attempt ended, as the scheduler decided it.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub delivery_seq: u64,
+    pub attempt: Attempt,
+    pub outcome: SettleOutcome,
+    /// Disable the endpoint when it has failed without a success for this long.
+    pub disable_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Succeeded,
+    Retry { at_ms: u64 },
+    Dead { reason: DeadReason },
+    /// The attempt was cut off (shutdown): not counted, the delivery stays due at `at_ms`.
+    Interrupted { at_ms: u64 },
+}
+
+impl Store {
+    /// Stores new events with one pending delivery per matching endpoint, durably.
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
+        self.write(true, move |tx| events.iter().map(|ev| ingest_one(tx, ev)).collect()).await
+    }
+
+    pub async fn create_endpoint(&self, mut endpoint: Endpoint) -> Result<Endpoint, StoreError> {
+        self.write(true, move |tx| {
+            endpoint.num = tx.generate_id()?;
+            tx.put(TreeId::Health, &u64_key(endpoint.num), &EndpointHealth::default())?;
+            tx.put_endpoint(endpoint.clone())?;
+            Ok(endpoint.clone())
+        })
+        .await
+    }
+
+    /// Changes an endpoint with `change`; `None` when it does not exist.
+    pub async fn update_endpoint<F>(&self, num: u64, change: F) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: Fn(&mut Endpoint) + Send + 'static,
+    {
+        self.write(true, move |tx| {
+            let Some(old) = tx.endpoint(num) else { return Ok(None) };
+            let mut ep = (*old).clone();
+            change(&mut ep);
+            if ep.ordered != old.ordered {
+                requeue_endpoint(tx, &ep)?;
+            }
+            if ep.enabled && !old.enabled {
+                tx.put(TreeId::Health, &u64_key(num), &EndpointHealth::default())?;
+            }
+            tx.put_endpoint(ep.clone())?;
+            Ok(Some(ep))
+        })
+        .await
+    }
+
+    /// Deletes an endpoint and cancels its pending deliveries; false when it does not exist.
+    pub async fn delete_endpoint(&self, num: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.write(true, move |tx| {
+            if tx.endpoint(num).is_none() {
+                return Ok(false);
+            }
+            let queue = tx.scan_committed(TreeId::Queue);
+            for item in queue.scan_prefix(u64_key(num)) {
+                let (key, _) = item.map_err(|e| abort(e.into()))?;
+                let seq = super::codec::read_u64(&key[16..]);
+                tx.remove(TreeId::Queue, &key)?;
+                cancel(tx, seq, now_ms)?;
+            }
+            tx.remove_endpoint(num)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Records an attempt's outcome: attempt log, status, queue, dead letter and endpoint health, atomically.
+    pub async fn settle(&self, s: Settlement) -> Result<(), StoreError> {
+        self.write(false, move |tx| settle(tx, &s)).await
+    }
+
+    /// New deliveries of stored events to one endpoint (redeliver, recover). Returns how many.
+    pub async fn add_deliveries(
+        &self,
+        pairs: Vec<(u64, u64)>,
+        now_ms: u64,
+    ) -> Result<u32, StoreError> {
+        self.write(true, move |tx| {
+            let mut n = 0;
+            for &(event_seq, endpoint_num) in &pairs {
+                let Some(ep) = tx.endpoint(endpoint_num) else { continue };
+                if tx.get_raw(TreeId::Events, &u64_key(event_seq))?.is_none() {
+                    continue;
+                }
+                add_delivery(tx, event_seq, &ep, now_ms)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Gives a dead-lettered delivery a fresh set of attempts; false when the dead letter does not exist.
+    pub async fn retry_dead_letters(&self, seqs: Vec<u64>, now_ms: u64) -> Result<u32, StoreError> {
+        self.write(true, move |tx| {
+            let mut n = 0;
+            for &seq in &seqs {
+                if retry_dead_letter(tx, seq, now_ms)? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    pub async fn delete_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        self.write(true, move |tx| {
+            if tx.get_raw(TreeId::DeadLetters, &u64_key(seq))?.is_none() {
+                return Ok(false);
+            }
+            tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
+            tx.counters().dead_letters -= 1;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Removes final events received before `before_ms` and dead letters that died before `dead_before_ms`,
+    /// at most `limit` of each. Returns (events, dead letters) removed.
+    pub async fn purge(
+        &self,
+        before_ms: u64,
+        dead_before_ms: u64,
+        limit: usize,
+    ) -> Result<(u32, u32), StoreError> {
+        self.write(false, move |tx| purge(tx, before_ms, dead_before_ms, limit)).await
+    }
+}
+
+fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
+    if let Some(rec) = tx.get::<EventIdRecord>(TreeId::EventIds, ev.id.as_bytes())? {
+        return Ok(if rec.content_hash == ev.content_hash {
+            IngestOutcome::Duplicate { deliveries: rec.deliveries }
+        } else {
+            IngestOutcome::Conflict
+        });
+    }
+    let seq = tx.generate_id()?;
+    let mut deliveries = 0u32;
+    tx.for_matching_endpoints(
+        |ep| {
+            add_delivery(tx, seq, ep, ev.received_at_ms)?;
+            deliveries += 1;
+            Ok(())
+        },
+        |ep| match ev.only_endpoint {
+            Some(num) => ep.num == num,
+            None => ep.matches(&ev.partner_id, ev.environment, &ev.event_type),
+        },
+    )?;
+    let event = Event {
+        seq,
+        id: ev.id.clone(),
+        partner_id: ev.partner_id.clone(),
+        environment: ev.environment,
+        event_type: ev.event_type.clone(),
+        created_at: ev.created_at.clone(),
+        received_at_ms: ev.received_at_ms,
+        payload: ev.payload.clone(),
+        content_hash: ev.content_hash,
+    };
+    tx.put(TreeId::Events, &u64_key(seq), &event)?;
+    let rec = EventIdRecord { event_seq: seq, content_hash: ev.content_hash, deliveries };
+    tx.put(TreeId::EventIds, ev.id.as_bytes(), &rec)?;
+    tx.counters().events += 1;
+    Ok(IngestOutcome::Accepted { deliveries })
+}
+
+/// A new pending delivery of a stored event, due now.
+fn add_delivery(tx: &Tx<'_>, event_seq: u64, ep: &Endpoint, now_ms: u64) -> TxResult<()> {
+    let seq = tx.generate_id()?;
+    let d = Delivery {
+        seq,
+        event_seq,
+        endpoint_num: ep.num,
+        status: DeliveryStatus::Pending,
+        next_attempt_at_ms: Some(now_ms),
+        attempts: Vec::new(),
+        attempts_before_redrive: 0,
+        created_at_ms: now_ms,
+    };
+    tx.put(TreeId::Deliveries, &u64_key(seq), &d)?;
+    tx.put_raw(TreeId::EventDeliveries, &pair_key(event_seq, seq), &[])?;
+    enqueue(tx, ep, seq, now_ms)?;
+    tx.pending_delta(ep.num, 1);
+    let mut c = tx.counters();
+    c.deliveries_created += 1;
+    c.pending += 1;
+    Ok(())
+}
+
+fn enqueue(tx: &Tx<'_>, ep: &Endpoint, delivery_seq: u64, due_ms: u64) -> TxResult<()> {
+    let sort = if ep.ordered { 0 } else { due_ms };
+    tx.put_raw(TreeId::Queue, &queue_key(ep.num, sort, delivery_seq), &u64_key(due_ms))?;
+    tx.wake_scheduler();
+    Ok(())
+}
+
+/// Removes a delivery's queue entry, whichever form (ordered or not) it was written in.
+fn dequeue(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
+    tx.remove(TreeId::Queue, &queue_key(d.endpoint_num, 0, d.seq))?;
+    if let Some(due) = d.next_attempt_at_ms {
+        tx.remove(TreeId::Queue, &queue_key(d.endpoint_num, due, d.seq))?;
+    }
+    Ok(())
+}
+
+/// Rewrites an endpoint's queue entries after `ordered` changed.
+fn requeue_endpoint(tx: &Tx<'_>, ep: &Endpoint) -> TxResult<()> {
+    let queue = tx.scan_committed(TreeId::Queue);
+    for item in queue.scan_prefix(u64_key(ep.num)) {
+        let (key, value) = item.map_err(|e| abort(e.into()))?;
+        let (_, _, seq) = super::codec::split_queue_key(&key);
+        tx.remove(TreeId::Queue, &key)?;
+        enqueue(tx, ep, seq, super::codec::read_u64(&value))?;
+    }
+    Ok(())
+}
+
+fn cancel(tx: &Tx<'_>, delivery_seq: u64, _now_ms: u64) -> TxResult<()> {
+    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(delivery_seq))? else {
+        return Ok(());
+    };
+    if d.status != DeliveryStatus::Pending {
+        return Ok(());
+    }
+    dequeue(tx, &d)?;
+    let was_retrying = d.attempts_in_round() > 0;
+    d.status = DeliveryStatus::Cancelled;
+    d.next_attempt_at_ms = None;
+    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+    tx.pending_delta(d.endpoint_num, -1);
+    let mut c = tx.counters();
+    c.pending -= 1;
+    if was_retrying {
+        c.retrying -= 1;
+    }
+    c.deliveries_cancelled += 1;
+    Ok(())
+}
+
+fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
+    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(s.delivery_seq))? else {
+        return Ok(());
+    };
+    if d.status != DeliveryStatus::Pending {
+        // Cancelled or redriven elsewhere while the attempt ran: keep the log, change nothing else.
+        if !matches!(s.outcome, SettleOutcome::Interrupted { .. }) {
+            d.attempts.push(s.attempt.clone());
+            tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+        }
+        return Ok(());
+    }
+    let Some(ep) = tx.endpoint(d.endpoint_num) else {
+        return cancel(tx, d.seq, s.attempt.at_ms);
+    };
+    dequeue(tx, &d)?;
+    if let SettleOutcome::Interrupted { at_ms } = s.outcome {
+        d.next_attempt_at_ms = Some(at_ms);
+        enqueue(tx, &ep, d.seq, at_ms)?;
+        tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+        return Ok(());
+    }
+    let was_retrying = d.attempts_in_round() > 0;
+    d.attempts.push(s.attempt.clone());
+    let now = s.attempt.at_ms;
+    let mut health: EndpointHealth =
+        tx.get(TreeId::Health, &u64_key(ep.num))?.unwrap_or_default();
+    health.last_status_code = s.attempt.status_code;
+    let mut disable = None;
+    match s.outcome {
+        SettleOutcome::Succeeded => {
+            d.status = DeliveryStatus::Succeeded;
+            d.next_attempt_at_ms = None;
+            health.consecutive_failures = 0;
+            health.last_success_at_ms = Some(now);
+            health.failing_since_ms = None;
+            tx.pending_delta(ep.num, -1);
+            let mut c = tx.counters();
+            c.pending -= 1;
+            if was_retrying {
+                c.retrying -= 1;
+            }
+            c.deliveries_succeeded += 1;
+            c.attempts_succeeded += 1;
+        }
+        SettleOutcome::Retry { at_ms } => {
+            d.next_attempt_at_ms = Some(at_ms);
+            enqueue(tx, &ep, d.seq, at_ms)?;
+            note_failure(&mut health, now);
+            let mut c = tx.counters();
+            if !was_retrying {
+                c.retrying += 1;
+            }
+            c.attempts_failed += 1;
+        }
+        SettleOutcome::Dead { reason } => {
+            d.status = DeliveryStatus::Dead;
+            d.next_attempt_at_ms = None;
+            note_failure(&mut health, now);
+            let round = &d.attempts[d.attempts_before_redrive as usize..];
+            let dl = DeadLetter {
+                seq: tx.generate_id()?,
+                delivery_seq: d.seq,
+                event_seq: d.event_seq,
+                endpoint_num: ep.num,
+                attempts: round.len() as u32,
+                last_status_code: s.attempt.status_code,
+                last_error: s.attempt.error.clone(),
+                first_attempt_at_ms: round.first().map(|a| a.at_ms),
+                dead_at_ms: now,
+                reason,
+            };
+            tx.put(TreeId::DeadLetters, &u64_key(dl.seq), &dl)?;
+            tx.pending_delta(ep.num, -1);
+            if reason == DeadReason::EndpointGone {
+                disable = Some("the endpoint answered 410 Gone".to_string());
+            }
+            let mut c = tx.counters();
+            c.pending -= 1;
+            if was_retrying {
+                c.retrying -= 1;
+            }
+            c.attempts_failed += 1;
+            c.deliveries_dead += 1;
+            c.dead_letters += 1;
+        }
+        SettleOutcome::Interrupted { .. } => unreachable!("handled above"),
+    }
+    if disable.is_none() {
+        if let Some(since) = health.failing_since_ms {
+            if now.saturating_sub(since) >= s.disable_after_ms {
+                disable = Some(format!(
+                    "failing without a success since {}",
+                    crate::model::format_time(since)
+                ));
+            }
+        }
+    }
+    if let Some(reason) = disable {
+        if ep.enabled {
+            tracing::info!(endpoint_id = %ep.id(), %reason, "endpoint disabled");
+            let mut changed = (*ep).clone();
+            changed.enabled = false;
+            changed.disabled_reason = Some(reason);
+            tx.put_endpoint(changed)?;
+        }
+    }
+    tx.put(TreeId::Health, &u64_key(ep.num), &health)?;
+    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+    Ok(())
+}
+
+fn note_failure(health: &mut EndpointHealth, now: u64) {
+    health.consecutive_failures += 1;
+    health.last_failure_at_ms = Some(now);
+    health.failing_since_ms.get_or_insert(now);
+}
+
+fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
+    let Some(dl) = tx.get::<DeadLetter>(TreeId::DeadLetters, &u64_key(seq))? else {
+        return Ok(false);
+    };
+    tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
+    tx.counters().dead_letters -= 1;
+    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(dl.delivery_seq))? else {
+        return Ok(true);
+    };
+    let Some(ep) = tx.endpoint(d.endpoint_num) else { return Ok(true) };
+    if d.status != DeliveryStatus::Dead {
+        return Ok(true);
+    }
+    d.status = DeliveryStatus::Pending;
+    d.attempts_before_redrive = d.attempts.len() as u32;
+    d.next_attempt_at_ms = Some(now_ms);
+    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+    enqueue(tx, &ep, d.seq, now_ms)?;
+    tx.pending_delta(ep.num, 1);
+    tx.counters().pending += 1;
+    Ok(true)
+}
+
+fn purge(tx: &Tx<'_>, before_ms: u64, dead_before_ms: u64, limit: usize) -> TxResult<(u32, u32)> {
+    let mut events = 0u32;
+    let mut examined = 0usize;
+    for item in tx.scan_committed(TreeId::Events).iter() {
+        let (key, value) = item.map_err(|e| abort(e.into()))?;
+        examined += 1;
+        if examined > limit * 4 || events as usize >= limit {
+            break;
+        }
+        let ev = Event::decode(&value).map_err(abort)?;
+        if ev.received_at_ms >= before_ms {
+            break;
+        }
+        let mut index = Vec::new();
+        let mut all_final = true;
+        for item in tx.scan_committed(TreeId::EventDeliveries).scan_prefix(&key) {
+            let (ikey, _) = item.map_err(|e| abort(e.into()))?;
+            let dseq = super::codec::read_u64(&ikey[8..]);
+            let d: Option<Delivery> = tx.get(TreeId::Deliveries, &u64_key(dseq))?;
+            if d.is_some_and(|d| !d.status.is_final()) {
+                all_final = false;
+                break;
+            }
+            index.push((ikey, dseq));
+        }
+        if !all_final {
+            continue;
+        }
+        for (ikey, dseq) in index {
+            tx.remove(TreeId::EventDeliveries, &ikey)?;
+            tx.remove(TreeId::Deliveries, &u64_key(dseq))?;
+        }
+        tx.remove(TreeId::Events, &key)?;
+        tx.remove(TreeId::EventIds, ev.id.as_bytes())?;
+        events += 1;
+    }
+    let mut dead = 0u32;
+    for item in tx.scan_committed(TreeId::DeadLetters).iter() {
+        let (key, value) = item.map_err(|e| abort(e.into()))?;
+        let dl = DeadLetter::decode(&value).map_err(abort)?;
+        if dl.dead_at_ms >= dead_before_ms || dead as usize >= limit {
+            break;
+        }
+        tx.remove(TreeId::DeadLetters, &key)?;
+        tx.counters().dead_letters -= 1;
+        dead += 1;
+    }
+    Ok((events, dead))
+}
+
+fn abort(e: StoreError) -> sled::transaction::ConflictableTransactionError<StoreError> {
+    sled::transaction::ConflictableTransactionError::Abort(e)
+}

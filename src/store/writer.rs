@@ -1,0 +1,433 @@
+//! Group commit: one writer thread applies queued changes in one sled transaction; a syncer thread makes them durable.
+//!
+//! The writer drains everything queued, runs each change's closure inside a single transaction, commits,
+//! and answers the changes that did not ask for durability. The durable ones go to the syncer, which
+//! drains what has gathered, calls sled's `flush` (which on Linux ends in `sync_file_range` and does not
+//! empty the drive cache), then `fdatasync`s sled's data file and any new blob file, and only then answers.
+//! While the syncer waits on the disk, the writer already applies the next group.
+
+use super::codec::Record;
+use super::{Counters, State, StoreError};
+use crate::model::Endpoint;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+use std::any::Any;
+use std::cell::{RefCell, RefMut};
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// The result type of a change's closure; `Err` aborts the whole group (storage errors only).
+pub type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Which tree a [`Tx`] call addresses; the order of [`super::Trees::all`].
+#[derive(Debug, Clone, Copy)]
+pub enum TreeId {
+    Events = 0,
+    EventIds = 1,
+    Endpoints = 2,
+    Health = 3,
+    Deliveries = 4,
+    EventDeliveries = 5,
+    Queue = 6,
+    DeadLetters = 7,
+    Meta = 8,
+}
+
+/// A change's view of the group transaction.
+pub struct Tx<'a> {
+    trees: &'a [TransactionalTree],
+    state: &'a State,
+    effects: &'a RefCell<Effects>,
+}
+
+impl Tx<'_> {
+    pub fn get<T: Record>(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<T>> {
+        match self.trees[tree as usize].get(key)? {
+            Some(v) => T::decode(&v).map(Some).map_err(ConflictableTransactionError::Abort),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put<T: Record>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
+        self.trees[tree as usize].insert(key, value.encode())?;
+        Ok(())
+    }
+
+    pub fn get_raw(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
+        Ok(self.trees[tree as usize].get(key)?)
+    }
+
+    pub fn put_raw(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.trees[tree as usize].insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
+        self.trees[tree as usize].remove(key)?;
+        Ok(())
+    }
+
+    /// A new number, unique for the life of the database.
+    pub fn generate_id(&self) -> TxResult<u64> {
+        self.state
+            .db
+            .generate_id()
+            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Sled(e)))
+    }
+
+    /// The counters as this group leaves them; changes are kept only if the group commits.
+    pub fn counters(&self) -> RefMut<'_, Counters> {
+        RefMut::map(self.effects.borrow_mut(), |e| &mut e.counters)
+    }
+
+    /// The endpoint as this group sees it (its own earlier changes included).
+    pub fn endpoint(&self, num: u64) -> Option<Arc<Endpoint>> {
+        let fx = self.effects.borrow();
+        if fx.removed_endpoints.contains(&num) {
+            return None;
+        }
+        if let Some(ep) = fx.upserted_endpoints.iter().rev().find(|e| e.num == num) {
+            return Some(ep.clone());
+        }
+        drop(fx);
+        self.state.endpoints.read().expect("endpoint cache lock is never poisoned").get(&num).cloned()
+    }
+
+    /// Every endpoint as this group sees it.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let cache = self.state.endpoints.read().expect("endpoint cache lock is never poisoned");
+        let fx = self.effects.borrow();
+        let mut out: Vec<Arc<Endpoint>> = cache
+            .values()
+            .filter(|e| !fx.removed_endpoints.contains(&e.num))
+            .filter(|e| !fx.upserted_endpoints.iter().any(|u| u.num == e.num))
+            .cloned()
+            .collect();
+        let mut seen = HashSet::new();
+        for ep in fx.upserted_endpoints.iter().rev() {
+            if seen.insert(ep.num) && !fx.removed_endpoints.contains(&ep.num) {
+                out.push(ep.clone());
+            }
+        }
+        out
+    }
+
+    /// Calls `f` for each endpoint that matches, without cloning the list.
+    pub fn for_matching_endpoints(&self, mut f: impl FnMut(&Endpoint) -> TxResult<()>, keep: impl Fn(&Endpoint) -> bool) -> TxResult<()> {
+        let fx_empty = {
+            let fx = self.effects.borrow();
+            fx.upserted_endpoints.is_empty() && fx.removed_endpoints.is_empty()
+        };
+        if fx_empty {
+            let cache = self.state.endpoints.read().expect("endpoint cache lock is never poisoned");
+            for ep in cache.values() {
+                if keep(ep) {
+                    f(ep)?;
+                }
+            }
+            return Ok(());
+        }
+        for ep in self.endpoints() {
+            if keep(&ep) {
+                f(&ep)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the endpoint and updates the in-memory copy once the group commits.
+    pub fn put_endpoint(&self, ep: Endpoint) -> TxResult<()> {
+        self.put(TreeId::Endpoints, &super::codec::u64_key(ep.num), &ep)?;
+        let mut fx = self.effects.borrow_mut();
+        fx.removed_endpoints.remove(&ep.num);
+        fx.upserted_endpoints.push(Arc::new(ep));
+        fx.wake = true;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&self, num: u64) -> TxResult<()> {
+        self.remove(TreeId::Endpoints, &super::codec::u64_key(num))?;
+        self.remove(TreeId::Health, &super::codec::u64_key(num))?;
+        self.effects.borrow_mut().removed_endpoints.insert(num);
+        Ok(())
+    }
+
+    /// Notes that an endpoint's queue grew or shrank by `delta` deliveries.
+    pub fn pending_delta(&self, endpoint_num: u64, delta: i64) {
+        *self.effects.borrow_mut().pending.entry(endpoint_num).or_insert(0) += delta;
+    }
+
+    /// Wakes the scheduler once the group commits.
+    pub fn wake_scheduler(&self) {
+        self.effects.borrow_mut().wake = true;
+    }
+
+    /// Iterates a key range of a tree outside the transaction's isolation (sled transactions cannot scan).
+    /// Only the writer thread changes the store, so within a change this sees what earlier groups committed.
+    pub fn scan_committed(&self, tree: TreeId) -> &sled::Tree {
+        self.state.trees.all()[tree as usize]
+    }
+}
+
+pub(super) struct WriterHandle {
+    sender: Mutex<Option<mpsc::Sender<Op>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl WriterHandle {
+    pub async fn submit<R, F>(&self, durable: bool, mut op: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnMut(&Tx<'_>) -> TxResult<R> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let op = Op {
+            durable,
+            run: Box::new(move |tx| op(tx).map(|r| Box::new(r) as Box<dyn Any + Send>)),
+            reply: Box::new(move |result| {
+                let result = result.map(|b| *b.downcast::<R>().expect("a change's result has its own type"));
+                let _ = reply_tx.send(result);
+            }),
+        };
+        {
+            let sender = self.sender.lock().expect("writer lock is never poisoned");
+            let sender = sender.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(op).map_err(|_| StoreError::Closed)?;
+        }
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Lets the writer finish what is queued, then waits for both threads.
+    pub fn stop(&self) {
+        self.sender.lock().expect("writer lock is never poisoned").take();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("writer lock is never poisoned"));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<Box<dyn Any + Send>, StoreError>) + Send>;
+type Run = Box<dyn FnMut(&Tx<'_>) -> TxResult<Box<dyn Any + Send>> + Send>;
+
+struct Op {
+    durable: bool,
+    run: Run,
+    reply: Reply,
+}
+
+/// What a group changes besides the trees, applied after it commits.
+struct Effects {
+    counters: Counters,
+    upserted_endpoints: Vec<Arc<Endpoint>>,
+    removed_endpoints: HashSet<u64>,
+    pending: std::collections::HashMap<u64, i64>,
+    wake: bool,
+}
+
+/// The most changes one group takes; more wait for the next group.
+const MAX_GROUP: usize = 1024;
+
+pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, StoreError> {
+    let data_file = File::open(dir.join("db"))?;
+    // The directory entries of the database files must be durable too.
+    File::open(dir)?.sync_all()?;
+    let (sender, receiver) = mpsc::channel::<Op>();
+    let (sync_tx, sync_rx) = mpsc::channel::<Vec<(Reply, Box<dyn Any + Send>)>>();
+    let syncer_state = state.clone();
+    let blobs = dir.join("blobs");
+    let syncer = std::thread::Builder::new()
+        .name("store-syncer".into())
+        .spawn(move || syncer_loop(&syncer_state, &data_file, &blobs, &sync_rx))?;
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_loop(&state, &receiver, &sync_tx))?;
+    Ok(WriterHandle { sender: Mutex::new(Some(sender)), threads: Mutex::new(vec![writer, syncer]) })
+}
+
+fn writer_loop(
+    state: &State,
+    receiver: &mpsc::Receiver<Op>,
+    sync_tx: &mpsc::Sender<Vec<(Reply, Box<dyn Any + Send>)>>,
+) {
+    while let Ok(first) = receiver.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut runs = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for op in group {
+            runs.push(op.run);
+            replies.push((op.durable, op.reply));
+        }
+        match commit(state, &mut runs) {
+            Ok(results) => finish(replies, results, sync_tx),
+            Err(_) if runs.len() > 1 => {
+                // One change spoiled the group: commit each alone so the others still land.
+                for (mut run, reply) in runs.into_iter().zip(replies) {
+                    match commit(state, std::slice::from_mut(&mut run)) {
+                        Ok(results) => finish(vec![reply], results, sync_tx),
+                        Err(e) => (reply.1)(Err(e)),
+                    }
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    reply(Err(StoreError::Corrupt(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn finish(
+    replies: Vec<(bool, Reply)>,
+    results: Vec<Box<dyn Any + Send>>,
+    sync_tx: &mpsc::Sender<Vec<(Reply, Box<dyn Any + Send>)>>,
+) {
+    let mut durable = Vec::new();
+    for ((needs_sync, reply), result) in replies.into_iter().zip(results) {
+        if needs_sync {
+            durable.push((reply, result));
+        } else {
+            reply(Ok(result));
+        }
+    }
+    if !durable.is_empty() {
+        if let Err(mpsc::SendError(lost)) = sync_tx.send(durable) {
+            for (reply, _) in lost {
+                reply(Err(StoreError::Closed));
+            }
+        }
+    }
+}
+
+/// Runs the changes in one transaction and, once it commits, applies their effects.
+fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
+    let committed = *state.counters.lock().expect("counters lock is never poisoned");
+    let effects = RefCell::new(Effects {
+        counters: committed,
+        upserted_endpoints: Vec::new(),
+        removed_endpoints: HashSet::new(),
+        pending: std::collections::HashMap::new(),
+        wake: false,
+    });
+    let runs = RefCell::new(runs);
+    let trees = state.trees.all();
+    let result = trees.as_slice().transaction(|t| {
+        {
+            let mut fx = effects.borrow_mut();
+            fx.counters = committed;
+            fx.upserted_endpoints.clear();
+            fx.removed_endpoints.clear();
+            fx.pending.clear();
+            fx.wake = false;
+        }
+        let tx = Tx { trees: t, state, effects: &effects };
+        let mut runs = runs.borrow_mut();
+        let mut out = Vec::with_capacity(runs.len());
+        for run in runs.iter_mut() {
+            out.push(run(&tx)?);
+        }
+        let counters = effects.borrow().counters;
+        if counters != committed {
+            t[TreeId::Meta as usize].insert("counters", counters.encode())?;
+        }
+        Ok(out)
+    });
+    let results = match result {
+        Ok(r) => r,
+        Err(TransactionError::Abort(e)) => return Err(e),
+        Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+    };
+    let fx = effects.into_inner();
+    *state.counters.lock().expect("counters lock is never poisoned") = fx.counters;
+    if !fx.upserted_endpoints.is_empty() || !fx.removed_endpoints.is_empty() {
+        let mut cache = state.endpoints.write().expect("endpoint cache lock is never poisoned");
+        for ep in fx.upserted_endpoints {
+            cache.insert(ep.num, ep);
+        }
+        for num in &fx.removed_endpoints {
+            cache.remove(num);
+        }
+    }
+    if !fx.pending.is_empty() {
+        let mut pending = state.endpoint_pending.lock().expect("pending lock is never poisoned");
+        for (num, delta) in fx.pending {
+            let n = pending.entry(num).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+        }
+    }
+    for num in &fx.removed_endpoints {
+        state.endpoint_pending.lock().expect("pending lock is never poisoned").remove(num);
+    }
+    if fx.wake {
+        state.wake.notify_one();
+    }
+    Ok(results)
+}
+
+fn syncer_loop(
+    state: &State,
+    data_file: &File,
+    blobs: &Path,
+    receiver: &mpsc::Receiver<Vec<(Reply, Box<dyn Any + Send>)>>,
+) {
+    let mut synced_blobs = HashSet::new();
+    while let Ok(mut waiting) = receiver.recv() {
+        while let Ok(more) = receiver.try_recv() {
+            waiting.extend(more);
+        }
+        let outcome = sync(state, data_file, blobs, &mut synced_blobs);
+        for (reply, result) in waiting {
+            match &outcome {
+                Ok(()) => reply(Ok(result)),
+                Err(e) => reply(Err(StoreError::Io(std::io::Error::other(e.to_string())))),
+            }
+        }
+    }
+}
+
+/// Everything committed so far onto stable storage.
+fn sync(
+    state: &State,
+    data_file: &File,
+    blobs: &Path,
+    synced_blobs: &mut HashSet<PathBuf>,
+) -> Result<(), StoreError> {
+    state.db.flush()?;
+    data_file.sync_data()?;
+    // Values too large for the log go to blob files, which sled writes but never fsyncs.
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut present = HashSet::new();
+    let mut new_files = false;
+    for entry in entries {
+        let path = entry?.path();
+        if !synced_blobs.contains(&path) {
+            match File::open(&path) {
+                Ok(f) => f.sync_data()?,
+                // sled removes blobs that are no longer referenced; a vanished one needs no sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            new_files = true;
+        }
+        present.insert(path);
+    }
+    if new_files {
+        File::open(blobs)?.sync_all()?;
+    }
+    *synced_blobs = present;
+    Ok(())
+}
