@@ -102,6 +102,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdo
             async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(Duration::from_secs(30))
             .serve_connection(TokioIo::new(stream), service);

@@ -87,6 +87,8 @@ pub(crate) struct State {
     pub endpoints: RwLock<BTreeMap<u64, Arc<Endpoint>>>,
     /// The committed counters.
     pub counters: Mutex<Counters>,
+    /// The last id number committed; see [`Tx::generate_id`].
+    pub next_id: std::sync::atomic::AtomicU64,
     /// Pending deliveries per endpoint, counted from the queue at open and kept by each commit.
     pub endpoint_pending: Mutex<std::collections::HashMap<u64, u64>>,
     /// Woken after a commit that made deliveries due or changed endpoints: the scheduler waits on it.
@@ -173,6 +175,7 @@ impl Store {
             Some(v) => Counters::decode(&v)?,
             None => Counters::default(),
         };
+        let next_id = trees.meta.get("next_id")?.map_or(0, |v| codec::read_u64(&v));
         let mut endpoint_pending = std::collections::HashMap::new();
         for item in trees.queue.iter().keys() {
             let key = item?;
@@ -184,6 +187,7 @@ impl Store {
             endpoints: RwLock::new(endpoints),
             counters: Mutex::new(counters),
             endpoint_pending: Mutex::new(endpoint_pending),
+            next_id: std::sync::atomic::AtomicU64::new(next_id),
             wake: Arc::new(tokio::sync::Notify::new()),
         });
         let writer = writer::start(state.clone(), dir)?;

@@ -71,11 +71,13 @@ impl Tx<'_> {
     }
 
     /// A new number, unique for the life of the database.
+    ///
+    /// sled's own `generate_id` may write while the transaction holds sled's lock and deadlock, so
+    /// numbers come from a counter that each group stores in `meta` with its other changes.
     pub fn generate_id(&self) -> TxResult<u64> {
-        self.state
-            .db
-            .generate_id()
-            .map_err(|e| ConflictableTransactionError::Abort(StoreError::Sled(e)))
+        let mut fx = self.effects.borrow_mut();
+        fx.next_id += 1;
+        Ok(fx.next_id)
     }
 
     /// The counters as this group leaves them; changes are kept only if the group commits.
@@ -225,6 +227,8 @@ struct Effects {
     upserted_endpoints: Vec<Arc<Endpoint>>,
     removed_endpoints: HashSet<u64>,
     pending: std::collections::HashMap<u64, i64>,
+    /// The last number handed out by [`Tx::generate_id`].
+    next_id: u64,
     wake: bool,
 }
 
@@ -312,11 +316,13 @@ fn finish(
 /// Runs the changes in one transaction and, once it commits, applies their effects.
 fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
     let committed = *state.counters.lock().expect("counters lock is never poisoned");
+    let committed_id = state.next_id.load(std::sync::atomic::Ordering::Relaxed);
     let effects = RefCell::new(Effects {
         counters: committed,
         upserted_endpoints: Vec::new(),
         removed_endpoints: HashSet::new(),
         pending: std::collections::HashMap::new(),
+        next_id: committed_id,
         wake: false,
     });
     let runs = RefCell::new(runs);
@@ -328,6 +334,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
             fx.upserted_endpoints.clear();
             fx.removed_endpoints.clear();
             fx.pending.clear();
+            fx.next_id = committed_id;
             fx.wake = false;
         }
         let tx = Tx { trees: t, state, effects: &effects };
@@ -336,9 +343,15 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         for run in runs.iter_mut() {
             out.push(run(&tx)?);
         }
-        let counters = effects.borrow().counters;
+        let (counters, next_id) = {
+            let fx = effects.borrow();
+            (fx.counters, fx.next_id)
+        };
         if counters != committed {
             t[TreeId::Meta as usize].insert("counters", counters.encode())?;
+        }
+        if next_id != committed_id {
+            t[TreeId::Meta as usize].insert("next_id", &super::codec::u64_key(next_id))?;
         }
         Ok(out)
     });
@@ -349,6 +362,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
     };
     let fx = effects.into_inner();
     *state.counters.lock().expect("counters lock is never poisoned") = fx.counters;
+    state.next_id.store(fx.next_id, std::sync::atomic::Ordering::Relaxed);
     if !fx.upserted_endpoints.is_empty() || !fx.removed_endpoints.is_empty() {
         let mut cache = state.endpoints.write().expect("endpoint cache lock is never poisoned");
         for ep in fx.upserted_endpoints {
