@@ -1,0 +1,4 @@
+//! Integration tests: one test binary, a module per area, real daemons on 127.0.0.1:0 and real receivers.
+
+mod support;
+mod smoke;

@@ -1,0 +1,338 @@
+//! Test support: a real daemon on 127.0.0.1:0 in a temp dir, a scripted receiver, and a small HTTP client.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use preflix_webhookd::config::Config;
+use preflix_webhookd::shutdown::{Shutdown, Trigger};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// A daemon running in this process on a temp dir; `restart` reopens the same dir.
+pub struct TestDaemon {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    trigger: Option<Trigger>,
+    task: Option<tokio::task::JoinHandle<Result<(), preflix_webhookd::RunError>>>,
+}
+
+/// A config for tests: temp store, private networks allowed (receivers are on loopback), fast retries.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.storage.dir = dir.join("db");
+    config.delivery.allow_private_networks = true;
+    config.delivery.require_https = false;
+    config.delivery.timeout = Duration::from_secs(5);
+    config.retry.schedule = vec![Duration::from_millis(50), Duration::from_millis(100)];
+    config.retry.jitter = 0.0;
+    config.server.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let mut d = TestDaemon { addr: "127.0.0.1:0".parse().unwrap(), token: String::new(), dir, config, trigger: None, task: None };
+        d.launch().await;
+        d
+    }
+
+    async fn launch(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.addr = listener.local_addr().unwrap();
+        let (trigger, shutdown) = Shutdown::new();
+        let config = self.config.clone();
+        self.task = Some(tokio::spawn(preflix_webhookd::run(config, listener, shutdown)));
+        self.trigger = Some(trigger);
+        let token_path = self.config.storage.dir.join("admin.token");
+        wait_until(Duration::from_secs(10), || token_path.exists()).await;
+        self.token = std::fs::read_to_string(&token_path).expect("token").trim().to_string();
+        let client = self.client();
+        for _ in 0..200 {
+            if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("daemon did not become healthy");
+    }
+
+    /// Fires shutdown and waits for `run` to return.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.fire();
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("run task").expect("run returned an error");
+        }
+    }
+
+    /// Stops and starts again on the same directory (new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr, token: self.token.clone() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.fire();
+        }
+    }
+}
+
+/// A minimal HTTP/1 client for the daemon's API.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Client {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.json(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.json(Method::POST, path, Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.json(Method::PATCH, path, Some(body.to_string().into_bytes())).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.json(Method::DELETE, path, None).await
+    }
+
+    pub async fn json(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+        let (status, _, bytes) = self.raw(method, path, body, true).await;
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        (status, value)
+    }
+
+    /// Sends a request; `auth` adds the bearer token.
+    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, auth: bool) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::builder().method(method).uri(format!("http://{}{}", self.addr, path)).header("host", self.addr.to_string());
+        if auth {
+            req = req.header("authorization", format!("Bearer {}", self.token));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+        send(self.addr, req).await
+    }
+
+    /// Creates an endpoint; returns its JSON (with the secret).
+    pub async fn create_endpoint(&self, partner: &str, environment: &str, url: &str, types: &[&str]) -> Value {
+        let (status, body) = self
+            .post("/v1/endpoints", serde_json::json!({"partner_id": partner, "environment": environment, "url": url, "event_types": types}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    /// Posts one event; returns (status, body).
+    pub async fn post_event(&self, partner: &str, environment: &str, id: &str, event_type: &str, data: Value) -> (StatusCode, Value) {
+        self.post("/v1/events", serde_json::json!({"partner_id": partner, "environment": environment, "id": id, "type": event_type, "data": data})).await
+    }
+}
+
+/// Sends one request on a fresh connection.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, headers, body)
+}
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+    pub path: String,
+}
+
+/// A scripted answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer { status, headers: vec![], body: Bytes::new(), delay: Duration::ZERO }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Answer {
+        self.body = body.into();
+        self
+    }
+    pub fn delay(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A real HTTP receiver on 127.0.0.1:0 that records what it gets and answers from a script.
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    inner: Arc<ReceiverState>,
+}
+
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Answer>>,
+    default: Mutex<Answer>,
+    /// Requests being answered right now, and the most seen at once.
+    concurrent: Mutex<(usize, usize)>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> TestReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(ReceiverState {
+            received: Mutex::new(vec![]),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Answer::status(200)),
+            concurrent: Mutex::new((0, 0)),
+        });
+        let state = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        TestReceiver { addr, inner }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answers the next requests in this order, then the default.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.inner.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn set_default(&self, answer: Answer) {
+        *self.inner.default.lock().unwrap() = answer;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.received.lock().unwrap().len()
+    }
+
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.concurrent.lock().unwrap().1
+    }
+
+    /// Waits until at least `n` requests arrived; panics after `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let inner = self.inner.clone();
+        wait_until(timeout, || inner.received.lock().unwrap().len() >= n).await;
+        self.received()
+    }
+}
+
+async fn answer(state: &ReceiverState, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    {
+        let mut c = state.concurrent.lock().unwrap();
+        c.0 += 1;
+        c.1 = c.1.max(c.0);
+    }
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let answer = state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.default.lock().unwrap().clone());
+    state.received.lock().unwrap().push(Received { headers, body, at: Instant::now(), path });
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    state.concurrent.lock().unwrap().0 -= 1;
+    let mut resp = Response::builder().status(answer.status);
+    for (k, v) in &answer.headers {
+        resp = resp.header(k, v);
+    }
+    resp.body(Full::new(answer.body)).unwrap()
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after `timeout`.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls an async `cond` until it holds; panics after `timeout`.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The path of the real binary, for crash tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_preflix-webhookd"))
+}
