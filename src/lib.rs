@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod model;
+pub mod notify;
 pub mod shutdown;
 pub mod signing;
 pub mod store;
@@ -83,10 +84,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
     let addr = listener.local_addr().ok();
+    let notifier = notify::Notifier::from_env();
+    let watchdog = tokio::spawn(watchdog(notifier.clone(), state.clone(), shutdown.clone()));
     state.ready.store(true, Ordering::SeqCst);
+    notifier.send("READY=1");
     tracing::info!(listen = ?addr, dir = %config.storage.dir.display(), "preflix-webhookd ready");
     api::serve(listener, state.clone(), shutdown.clone()).await;
     state.ready.store(false, Ordering::SeqCst);
+    notifier.send("STOPPING=1");
+    let _ = watchdog.await;
     let _ = scheduler_task.await;
     let _ = housekeeping.await;
     let store_close = store.clone();
@@ -95,6 +101,25 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .map_err(|e| RunError::Delivery(format!("store close task failed: {e}")))??;
     tracing::info!("preflix-webhookd stopped");
     Ok(())
+}
+
+/// Tells systemd's watchdog the daemon is alive, but only while the scheduler keeps going round.
+async fn watchdog(notifier: notify::Notifier, state: Arc<AppState>, shutdown: Shutdown) {
+    let Some(interval) = notifier.watchdog_interval() else { return };
+    let tick = interval / 2;
+    loop {
+        let beat = state.scheduler.heartbeat_ms();
+        // The scheduler goes round at least once a second; a silent one lets systemd restart us.
+        if api::now_ms().saturating_sub(beat) < (interval.as_millis() as u64).max(2_000) {
+            notifier.send("WATCHDOG=1");
+        } else {
+            tracing::error!("the scheduler has stopped going round; withholding the watchdog ping");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
 }
 
 /// Background upkeep: storage size for backpressure and metrics, and retention.
