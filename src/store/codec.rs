@@ -8,8 +8,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::StoreError;
 
-/// No stored record is larger than this; decoding refuses anything that claims more.
-pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+/// No stored record is larger than this (bodies are at most 64 MiB); decoding refuses anything that claims more.
+pub const MAX_RECORD_BYTES: u64 = 128 * 1024 * 1024;
 
 /// A value stored in sled: encoded as one version byte followed by bincode.
 ///
