@@ -27,7 +27,10 @@ fn body_1k() -> Vec<u8> {
 }
 
 fn secrets() -> (Secret, Secret) {
-    (Secret::parse(SECRET_A).unwrap(), Secret::parse(SECRET_B).unwrap())
+    (
+        Secret::parse(SECRET_A).unwrap(),
+        Secret::parse(SECRET_B).unwrap(),
+    )
 }
 
 fn bench_signing(c: &mut Criterion) {
@@ -38,33 +41,68 @@ fn bench_signing(c: &mut Criterion) {
     let mut g = c.benchmark_group("signing");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sign_1KiB_1_secret", |bn| {
-        bn.iter(|| sign(black_box(&one), black_box("evt_bench_000001"), black_box(TIMESTAMP), black_box(&body)))
+        bn.iter(|| {
+            sign(
+                black_box(&one),
+                black_box("evt_bench_000001"),
+                black_box(TIMESTAMP),
+                black_box(&body),
+            )
+        })
     });
     g.bench_function("sign_1KiB_2_secrets", |bn| {
-        bn.iter(|| sign(black_box(&two), black_box("evt_bench_000001"), black_box(TIMESTAMP), black_box(&body)))
+        bn.iter(|| {
+            sign(
+                black_box(&two),
+                black_box("evt_bench_000001"),
+                black_box(TIMESTAMP),
+                black_box(&body),
+            )
+        })
     });
 
     // Verifying: a delivery signed under one secret, checked by a verifier holding that secret
     // (both header sets present, as the daemon sends them), and by one holding two secrets where
     // the matching one is second (the rotation case a receiver sees).
     let mut headers = http::HeaderMap::new();
-    for (name, value) in sign(&one, "evt_bench_000001", TIMESTAMP, &body).into_headers("evt_bench_000001").unwrap() {
+    for (name, value) in sign(&one, "evt_bench_000001", TIMESTAMP, &body)
+        .into_headers("evt_bench_000001")
+        .unwrap()
+    {
         headers.insert(name, value);
     }
     let verifier = Verifier::new(vec![a.clone()]);
     assert!(verifier.verify(&headers, &body, TIMESTAMP + 1).is_ok());
     g.bench_function("verify_1KiB_1_secret", |bn| {
-        bn.iter(|| verifier.verify(black_box(&headers), black_box(&body), black_box(TIMESTAMP + 1)))
+        bn.iter(|| {
+            verifier.verify(
+                black_box(&headers),
+                black_box(&body),
+                black_box(TIMESTAMP + 1),
+            )
+        })
     });
     let rotating = Verifier::new(vec![b.clone(), a.clone()]);
     assert!(rotating.verify(&headers, &body, TIMESTAMP + 1).is_ok());
     g.bench_function("verify_1KiB_2_secrets_match_second", |bn| {
-        bn.iter(|| rotating.verify(black_box(&headers), black_box(&body), black_box(TIMESTAMP + 1)))
+        bn.iter(|| {
+            rotating.verify(
+                black_box(&headers),
+                black_box(&body),
+                black_box(TIMESTAMP + 1),
+            )
+        })
     });
     let wrong = Verifier::new(vec![b]);
     assert!(wrong.verify(&headers, &body, TIMESTAMP + 1).is_err());
     g.bench_function("verify_1KiB_no_match", |bn| {
-        bn.iter(|| wrong.verify(black_box(&headers), black_box(&body), black_box(TIMESTAMP + 1)))
+        bn.iter(|| {
+            wrong.verify(
+                black_box(&headers),
+                black_box(&body),
+                black_box(TIMESTAMP + 1),
+            )
+        })
     });
     g.finish();
 }
@@ -115,19 +153,23 @@ fn bench_codec(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let event = sample_event();
     let event_bytes = event.encode();
-    g.bench_function(format!("event_encode_{}B", event_bytes.len()), |b| b.iter(|| black_box(&event).encode()));
+    g.bench_function(format!("event_encode_{}B", event_bytes.len()), |b| {
+        b.iter(|| black_box(&event).encode())
+    });
     g.bench_function(format!("event_decode_{}B", event_bytes.len()), |b| {
         b.iter(|| Event::decode(black_box(&event_bytes)).unwrap())
     });
     for attempts in [0usize, 3] {
         let d = sample_delivery(attempts);
         let bytes = d.encode();
-        g.bench_function(format!("delivery_{attempts}_attempts_encode_{}B", bytes.len()), |b| {
-            b.iter(|| black_box(&d).encode())
-        });
-        g.bench_function(format!("delivery_{attempts}_attempts_decode_{}B", bytes.len()), |b| {
-            b.iter(|| Delivery::decode(black_box(&bytes)).unwrap())
-        });
+        g.bench_function(
+            format!("delivery_{attempts}_attempts_encode_{}B", bytes.len()),
+            |b| b.iter(|| black_box(&d).encode()),
+        );
+        g.bench_function(
+            format!("delivery_{attempts}_attempts_decode_{}B", bytes.len()),
+            |b| b.iter(|| Delivery::decode(black_box(&bytes)).unwrap()),
+        );
     }
     g.finish();
 }
@@ -144,17 +186,41 @@ fn bench_retry(c: &mut Criterion) {
     let now = 1_768_503_852_000u64;
     let mut g = c.benchmark_group("retry_decide");
     g.throughput(Throughput::Elements(1));
-    let ok = AttemptResult::Status { code: 200, retry_after: None };
-    g.bench_function("success_2xx", |b| b.iter(|| decide(black_box(&policy), 1, black_box(&ok), now, 0.5)));
-    let err = AttemptResult::Status { code: 500, retry_after: None };
-    g.bench_function("retry_500", |b| b.iter(|| decide(black_box(&policy), 3, black_box(&err), now, 0.37)));
+    let ok = AttemptResult::Status {
+        code: 200,
+        retry_after: None,
+    };
+    g.bench_function("success_2xx", |b| {
+        b.iter(|| decide(black_box(&policy), 1, black_box(&ok), now, 0.5))
+    });
+    let err = AttemptResult::Status {
+        code: 500,
+        retry_after: None,
+    };
+    g.bench_function("retry_500", |b| {
+        b.iter(|| decide(black_box(&policy), 3, black_box(&err), now, 0.37))
+    });
     let failed = AttemptResult::Failed;
-    g.bench_function("exhausted_failed", |b| b.iter(|| decide(black_box(&policy), 10, black_box(&failed), now, 0.37)));
-    let secs = AttemptResult::Status { code: 429, retry_after: Some("120".into()) };
-    g.bench_function("retry_after_seconds_429", |b| b.iter(|| decide(black_box(&policy), 2, black_box(&secs), now, 0.37)));
-    let date = AttemptResult::Status { code: 503, retry_after: Some("Thu, 15 Jan 2026 19:10:12 GMT".into()) };
+    g.bench_function("exhausted_failed", |b| {
+        b.iter(|| decide(black_box(&policy), 10, black_box(&failed), now, 0.37))
+    });
+    let secs = AttemptResult::Status {
+        code: 429,
+        retry_after: Some("120".into()),
+    };
+    g.bench_function("retry_after_seconds_429", |b| {
+        b.iter(|| decide(black_box(&policy), 2, black_box(&secs), now, 0.37))
+    });
+    let date = AttemptResult::Status {
+        code: 503,
+        retry_after: Some("Thu, 15 Jan 2026 19:10:12 GMT".into()),
+    };
     g.bench_function("retry_after_http_date_503", |b| {
-        b.iter_batched(|| date.clone(), |r| decide(&policy, 2, &r, now, 0.37), BatchSize::SmallInput)
+        b.iter_batched(
+            || date.clone(),
+            |r| decide(&policy, 2, &r, now, 0.37),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

@@ -1,6 +1,7 @@
 //! The `preflix-webhookd` binary: parses the command line, loads the config, starts logging and hands over to the library.
 
 use clap::{Parser, Subcommand};
+use preflix_webhookd::cli::admin::{AdminCommand, AdminOptions, DeadLettersCommand, EndpointsCommand, EventsCommand};
 use preflix_webhookd::config::Config;
 use std::io::Read;
 use std::path::PathBuf;
@@ -43,6 +44,27 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// Print the running daemon's /status for a person: queue, dead letters, each endpoint's health.
+    Status {
+        #[command(flatten)]
+        admin: AdminOptions,
+    },
+    /// List, add, remove, rotate and test partner endpoints of the running daemon.
+    Endpoints {
+        #[command(subcommand)]
+        command: EndpointsCommand,
+    },
+    /// Show and redeliver events stored by the running daemon.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// List and retry the running daemon's dead letters.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +94,29 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Status { admin: options } => admin(AdminCommand::Status(options)),
+        Command::Endpoints { command } => admin(AdminCommand::Endpoints(command)),
+        Command::Events { command } => admin(AdminCommand::Events(command)),
+        Command::DeadLetters { command } => admin(AdminCommand::DeadLetters(command)),
+    }
+}
+
+/// Runs an admin command against the daemon's HTTP interface on a current-thread runtime.
+fn admin(command: AdminCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("preflix-webhookd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match runtime.block_on(preflix_webhookd::cli::admin::run(&command, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("preflix-webhookd: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

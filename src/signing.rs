@@ -1511,4 +1511,154 @@ mod tests {
         assert!(signatures.preflixai_signature.is_empty());
         assert!(signatures.webhook_signature.is_empty());
     }
+
+    /// The fixture's own header values for one vector: the Preflix AI set and the
+    /// Standard Webhooks set, each alone.
+    fn fixture_sets(case: &Case) -> [(HeaderSet, Vec<(&'static str, String)>); 2] {
+        [
+            (
+                HeaderSet::Preflixai,
+                vec![
+                    (PREFLIXAI_TIMESTAMP, case.timestamp.to_string()),
+                    (PREFLIXAI_SIGNATURE, case.preflixai_signature.clone()),
+                ],
+            ),
+            (
+                HeaderSet::StandardWebhooks,
+                vec![
+                    (WEBHOOK_ID, case.id.clone()),
+                    (WEBHOOK_TIMESTAMP, case.timestamp.to_string()),
+                    (WEBHOOK_SIGNATURE, case.webhook_signature.clone()),
+                ],
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_vector_is_rejected_with_the_right_reason_in_either_set() {
+        for case in vectors().cases {
+            let verifier = Verifier::new(vec![secret(&case.secret)]);
+            let body = case.body.as_bytes();
+            let ts = case.timestamp;
+            let mut tampered_body = body.to_vec();
+            let last = tampered_body.len() - 2;
+            tampered_body[last] ^= 0x01;
+            for (set, pairs) in fixture_sets(&case) {
+                let what = format!("{} {set}", case.id);
+                let check = |pairs: &[(&'static str, String)], body: &[u8], now: i64| {
+                    let by_pairs = verify_pairs(&verifier, pairs, body, now);
+                    let by_map = verifier.verify(&header_map(pairs), body, now);
+                    assert_eq!(by_pairs, by_map, "{what}: both entry points agree");
+                    by_pairs
+                };
+                let (timestamp_name, signature_name) = match set {
+                    HeaderSet::Preflixai => (PREFLIXAI_TIMESTAMP, PREFLIXAI_SIGNATURE),
+                    HeaderSet::StandardWebhooks => (WEBHOOK_TIMESTAMP, WEBHOOK_SIGNATURE),
+                };
+                assert!(check(&pairs, body, ts).is_ok(), "{what}: genuine");
+                assert_eq!(
+                    check(&pairs, &tampered_body, ts),
+                    Err(VerifyError::NoMatchingSignature),
+                    "{what}: tampered body"
+                );
+                let moved = with(&pairs, timestamp_name, &(ts - 1).to_string());
+                assert_eq!(
+                    check(&moved, body, ts),
+                    Err(VerifyError::NoMatchingSignature),
+                    "{what}: tampered timestamp"
+                );
+                assert_eq!(
+                    verify_pairs(&Verifier::new(vec![Secret::generate()]), &pairs, body, ts),
+                    Err(VerifyError::NoMatchingSignature),
+                    "{what}: wrong secret"
+                );
+                assert_eq!(
+                    check(&pairs, body, ts + 301),
+                    Err(VerifyError::StaleTimestamp),
+                    "{what}: stale"
+                );
+                assert_eq!(
+                    check(&pairs, body, ts - 301),
+                    Err(VerifyError::FutureTimestamp),
+                    "{what}: future"
+                );
+                assert!(
+                    matches!(
+                        check(&with(&pairs, timestamp_name, "yesterday"), body, ts),
+                        Err(VerifyError::MalformedHeader(name, _)) if name == timestamp_name
+                    ),
+                    "{what}: malformed timestamp"
+                );
+                assert!(
+                    matches!(
+                        check(&with(&pairs, signature_name, "v1"), body, ts),
+                        Err(VerifyError::MalformedHeader(name, _)) if name == signature_name
+                    ),
+                    "{what}: malformed signature"
+                );
+                assert_eq!(
+                    check(&without(&pairs, signature_name), body, ts),
+                    Err(VerifyError::MissingHeader(signature_name)),
+                    "{what}: missing signature"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_rotation_vector_headers_verify_under_each_secret_and_no_other() {
+        let rotation = vectors().rotation;
+        let [newest, oldest] = [0, 1].map(|i| secret(&rotation.secrets_newest_first[i]));
+        let body = rotation.body.as_bytes();
+        let ts = rotation.timestamp;
+        let sets = [
+            (
+                HeaderSet::Preflixai,
+                vec![
+                    (PREFLIXAI_TIMESTAMP, ts.to_string()),
+                    (PREFLIXAI_SIGNATURE, rotation.preflixai_signature.clone()),
+                ],
+            ),
+            (
+                HeaderSet::StandardWebhooks,
+                vec![
+                    (WEBHOOK_ID, rotation.id.clone()),
+                    (WEBHOOK_TIMESTAMP, ts.to_string()),
+                    (WEBHOOK_SIGNATURE, rotation.webhook_signature.clone()),
+                ],
+            ),
+        ];
+        for (set, pairs) in &sets {
+            // A receiver that knows only one of the two secrets, or both in either order.
+            for (secrets, index) in [
+                (vec![newest.clone()], 0),
+                (vec![oldest.clone()], 0),
+                (vec![newest.clone(), oldest.clone()], 0),
+                // The header lists the newest secret's entry first.
+                (vec![oldest.clone(), newest.clone()], 1),
+                (vec![Secret::generate(), oldest.clone()], 1),
+            ] {
+                let verified = verify_pairs(&Verifier::new(secrets), pairs, body, ts)
+                    .unwrap_or_else(|e| panic!("{set}: {e}"));
+                assert_eq!(verified.header_set, *set);
+                assert_eq!(verified.secret_index, index, "{set}");
+            }
+            let both = Verifier::new(vec![newest.clone(), oldest.clone()]);
+            assert_eq!(
+                verify_pairs(&Verifier::new(vec![Secret::generate()]), pairs, body, ts),
+                Err(VerifyError::NoMatchingSignature),
+                "{set}: an unrelated secret"
+            );
+            assert_eq!(
+                verify_pairs(&both, pairs, &body[1..], ts),
+                Err(VerifyError::NoMatchingSignature),
+                "{set}: a tampered body"
+            );
+            assert_eq!(
+                verify_pairs(&both, pairs, body, ts + 301),
+                Err(VerifyError::StaleTimestamp),
+                "{set}: stale"
+            );
+        }
+    }
 }

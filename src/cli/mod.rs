@@ -1,2 +1,3 @@
 //! Command-line subcommands that are not the daemon itself.
+pub mod admin;
 pub mod partner;

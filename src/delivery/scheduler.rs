@@ -96,6 +96,8 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     handle: SchedulerHandle,
     policy: Arc<RetryPolicy>,
+    /// Rounds so far: where the next round starts among the endpoints.
+    round: AtomicU64,
 }
 
 impl Scheduler {
@@ -108,7 +110,7 @@ impl Scheduler {
         });
         let handle = SchedulerHandle::default();
         *handle.shared.store.lock().expect("store lock is never poisoned") = Some(store.clone());
-        Ok(Scheduler { store, config, client, metrics, handle, policy })
+        Ok(Scheduler { store, config, client, metrics, handle, policy, round: AtomicU64::new(0) })
     }
 
     pub fn handle(&self) -> SchedulerHandle {
@@ -154,7 +156,13 @@ impl Scheduler {
         let max_total = self.config.delivery.max_in_flight;
         let mut next_due: Option<u64> = None;
         let mut note = |t: u64| next_due = Some(next_due.map_or(t, |n| n.min(t)));
-        for ep in self.store.endpoints() {
+        // Start each round at a different endpoint so none is always served last.
+        let mut endpoints = self.store.endpoints();
+        if !endpoints.is_empty() {
+            let start = self.round.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
+            endpoints.rotate_left(start);
+        }
+        for ep in endpoints {
             if !ep.enabled {
                 continue;
             }
@@ -217,11 +225,13 @@ impl Scheduler {
         room: usize,
         note: &mut impl FnMut(u64),
     ) -> Result<Vec<u64>, crate::store::StoreError> {
-        let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned").clone();
+        let is_claimed = |seq: u64| {
+            self.handle.shared.claimed.lock().expect("claims lock is never poisoned").contains(&seq)
+        };
         if ep.ordered {
             // Only the head may go, and only when nothing of this endpoint is under way.
             let Some(head) = self.store.first_queue_entry(ep.num, 0)? else { return Ok(vec![]) };
-            if claimed.contains(&head.delivery_seq) {
+            if is_claimed(head.delivery_seq) {
                 return Ok(vec![]);
             }
             if head.due_ms > now {
@@ -239,12 +249,15 @@ impl Scheduler {
             .get(&ep.num)
             .map_or(0, |r| r.in_flight as usize);
         let entries = self.store.queue_entries(ep.num, now, room + in_flight_here)?;
-        let due: Vec<u64> = entries
-            .iter()
-            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
-            .map(|e| e.delivery_seq)
-            .take(room)
-            .collect();
+        let due: Vec<u64> = {
+            let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned");
+            entries
+                .iter()
+                .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
+                .map(|e| e.delivery_seq)
+                .take(room)
+                .collect()
+        };
         if due.len() < room {
             if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
                 note(next.due_ms);

@@ -346,6 +346,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` queue entries of an endpoint as (sort, delivery seq, due).
+    pub(crate) fn queue_entries_raw(&self, endpoint_num: u64, limit: usize) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.state.trees.queue.scan_prefix(codec::u64_key(endpoint_num)).take(limit) {
+            let (key, value) = item?;
+            let (_, sort, seq) = codec::split_queue_key(&key);
+            out.push((sort, seq, codec::read_u64(&value)));
+        }
+        Ok(out)
+    }
+
     /// The first queue entry of an endpoint with a sort position of at least `min_sort`.
     pub fn first_queue_entry(&self, endpoint_num: u64, min_sort: u64) -> Result<Option<QueueEntry>, StoreError> {
         let start = codec::queue_key(endpoint_num, min_sort, 0);

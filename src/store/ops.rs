@@ -1,12 +1,15 @@
 //! The store's transactions: every state change of the daemon, each one atomic.
 
-use super::codec::{pair_key, queue_key, u64_key, Record};
+use super::codec::{pair_key, queue_key, u64_key};
 use super::writer::{TreeId, Tx, TxResult};
 use super::{Store, StoreError};
 use crate::model::{
     Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Environment,
     Event, EventIdRecord,
 };
+
+/// How many queue entries one transaction of a chunked change handles.
+const CHUNK: usize = 1000;
 
 /// An event ready to store: validated, with its delivery body built and its content hashed.
 #[derive(Debug, Clone)]
@@ -45,8 +48,6 @@ pub enum SettleOutcome {
     Succeeded,
     Retry { at_ms: u64 },
     Dead { reason: DeadReason },
-    /// The attempt was cut off (shutdown): not counted, the delivery stays due at `at_ms`.
-    Interrupted { at_ms: u64 },
 }
 
 impl Store {
@@ -70,39 +71,79 @@ impl Store {
     where
         F: Fn(&mut Endpoint) + Send + 'static,
     {
-        self.write(true, move |tx| {
-            let Some(old) = tx.endpoint(num) else { return Ok(None) };
-            let mut ep = (*old).clone();
-            change(&mut ep);
-            if ep.ordered != old.ordered {
-                requeue_endpoint(tx, &ep)?;
+        let updated = self
+            .write(true, move |tx| {
+                let Some(old) = tx.endpoint(num) else { return Ok(None) };
+                let mut ep = (*old).clone();
+                change(&mut ep);
+                if ep.enabled && !old.enabled {
+                    tx.put(TreeId::Health, &u64_key(num), &EndpointHealth::default())?;
+                }
+                tx.put_endpoint(ep.clone())?;
+                Ok(Some((ep, old.ordered)))
+            })
+            .await?;
+        let Some((ep, was_ordered)) = updated else { return Ok(None) };
+        if ep.ordered != was_ordered {
+            self.requeue_endpoint(num).await?;
+        }
+        Ok(Some(ep))
+    }
+
+    /// Rewrites an endpoint's queue entries into the form its `ordered` setting asks for, in chunks.
+    /// New entries already take the new form, so this ends.
+    async fn requeue_endpoint(&self, num: u64) -> Result<(), StoreError> {
+        loop {
+            let Some(ep) = self.endpoint(num) else { return Ok(()) };
+            let wrong: Vec<(u64, u64, u64)> = self
+                .queue_entries_raw(num, CHUNK)?
+                .into_iter()
+                .filter(|&(sort, _, due)| if ep.ordered { sort != 0 } else { sort != due })
+                .collect();
+            if wrong.is_empty() {
+                return Ok(());
             }
-            if ep.enabled && !old.enabled {
-                tx.put(TreeId::Health, &u64_key(num), &EndpointHealth::default())?;
-            }
-            tx.put_endpoint(ep.clone())?;
-            Ok(Some(ep))
-        })
-        .await
+            self.write(true, move |tx| {
+                let Some(ep) = tx.endpoint(num) else { return Ok(()) };
+                for &(sort, seq, due) in &wrong {
+                    let key = queue_key(num, sort, seq);
+                    if tx.get_raw(TreeId::Queue, &key)?.is_some() {
+                        tx.remove(TreeId::Queue, &key)?;
+                        enqueue(tx, &ep, seq, due)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
     }
 
     /// Deletes an endpoint and cancels its pending deliveries; false when it does not exist.
     pub async fn delete_endpoint(&self, num: u64, now_ms: u64) -> Result<bool, StoreError> {
-        self.write(true, move |tx| {
-            if tx.endpoint(num).is_none() {
-                return Ok(false);
+        let existed = self
+            .write(true, move |tx| {
+                if tx.endpoint(num).is_none() {
+                    return Ok(false);
+                }
+                tx.remove_endpoint(num)?;
+                Ok(true)
+            })
+            .await?;
+        // With the endpoint gone no new entries join its queue: cancel what is there, in chunks.
+        loop {
+            let entries = self.queue_entries_raw(num, CHUNK)?;
+            if entries.is_empty() {
+                return Ok(existed);
             }
-            let queue = tx.scan_committed(TreeId::Queue);
-            for item in queue.scan_prefix(u64_key(num)) {
-                let (key, _) = item.map_err(|e| abort(e.into()))?;
-                let seq = super::codec::read_u64(&key[16..]);
-                tx.remove(TreeId::Queue, &key)?;
-                cancel(tx, seq, now_ms)?;
-            }
-            tx.remove_endpoint(num)?;
-            Ok(true)
-        })
-        .await
+            self.write(true, move |tx| {
+                for &(sort, seq, _) in &entries {
+                    tx.remove(TreeId::Queue, &queue_key(num, sort, seq))?;
+                    cancel(tx, seq, now_ms)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
     }
 
     /// Records an attempt's outcome: attempt log, status, queue, dead letter and endpoint health, atomically.
@@ -165,7 +206,27 @@ impl Store {
         dead_before_ms: u64,
         limit: usize,
     ) -> Result<(u32, u32), StoreError> {
-        self.write(false, move |tx| purge(tx, before_ms, dead_before_ms, limit)).await
+        // Candidates are read outside the transaction (sled cannot scan inside one) and checked again inside.
+        let mut events = Vec::new();
+        for ev in self.events_from(0, limit * 4)? {
+            if ev.received_at_ms >= before_ms || events.len() >= limit {
+                break;
+            }
+            let deliveries = self.event_deliveries(ev.seq)?;
+            if deliveries.iter().all(|d| d.status.is_final()) {
+                events.push((ev.seq, ev.id, deliveries.iter().map(|d| d.seq).collect::<Vec<_>>()));
+            }
+        }
+        let dead: Vec<u64> = self
+            .dead_letters(0, limit, |dl| dl.dead_at_ms < dead_before_ms)?
+            .into_iter()
+            .take_while(|dl| dl.dead_at_ms < dead_before_ms)
+            .map(|dl| dl.seq)
+            .collect();
+        if events.is_empty() && dead.is_empty() {
+            return Ok((0, 0));
+        }
+        self.write(false, move |tx| purge(tx, &events, &dead)).await
     }
 }
 
@@ -247,18 +308,6 @@ fn dequeue(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
     Ok(())
 }
 
-/// Rewrites an endpoint's queue entries after `ordered` changed.
-fn requeue_endpoint(tx: &Tx<'_>, ep: &Endpoint) -> TxResult<()> {
-    let queue = tx.scan_committed(TreeId::Queue);
-    for item in queue.scan_prefix(u64_key(ep.num)) {
-        let (key, value) = item.map_err(|e| abort(e.into()))?;
-        let (_, _, seq) = super::codec::split_queue_key(&key);
-        tx.remove(TreeId::Queue, &key)?;
-        enqueue(tx, ep, seq, super::codec::read_u64(&value))?;
-    }
-    Ok(())
-}
-
 fn cancel(tx: &Tx<'_>, delivery_seq: u64, _now_ms: u64) -> TxResult<()> {
     let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(delivery_seq))? else {
         return Ok(());
@@ -286,23 +335,15 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         return Ok(());
     };
     if d.status != DeliveryStatus::Pending {
-        // Cancelled or redriven elsewhere while the attempt ran: keep the log, change nothing else.
-        if !matches!(s.outcome, SettleOutcome::Interrupted { .. }) {
-            d.attempts.push(s.attempt.clone());
-            tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
-        }
+        // Cancelled while the attempt ran: keep the log, change nothing else.
+        d.attempts.push(s.attempt.clone());
+        tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
         return Ok(());
     }
     let Some(ep) = tx.endpoint(d.endpoint_num) else {
         return cancel(tx, d.seq, s.attempt.at_ms);
     };
     dequeue(tx, &d)?;
-    if let SettleOutcome::Interrupted { at_ms } = s.outcome {
-        d.next_attempt_at_ms = Some(at_ms);
-        enqueue(tx, &ep, d.seq, at_ms)?;
-        tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
-        return Ok(());
-    }
     let was_retrying = d.attempts_in_round() > 0;
     d.attempts.push(s.attempt.clone());
     let now = s.attempt.at_ms;
@@ -367,7 +408,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
             c.deliveries_dead += 1;
             c.dead_letters += 1;
         }
-        SettleOutcome::Interrupted { .. } => unreachable!("handled above"),
     }
     if disable.is_none() {
         if let Some(since) = health.failing_since_ms {
@@ -422,56 +462,33 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
     Ok(true)
 }
 
-fn purge(tx: &Tx<'_>, before_ms: u64, dead_before_ms: u64, limit: usize) -> TxResult<(u32, u32)> {
-    let mut events = 0u32;
-    let mut examined = 0usize;
-    for item in tx.scan_committed(TreeId::Events).iter() {
-        let (key, value) = item.map_err(|e| abort(e.into()))?;
-        examined += 1;
-        if examined > limit * 4 || events as usize >= limit {
-            break;
-        }
-        let ev = Event::decode(&value).map_err(abort)?;
-        if ev.received_at_ms >= before_ms {
-            break;
-        }
-        let mut index = Vec::new();
-        let mut all_final = true;
-        for item in tx.scan_committed(TreeId::EventDeliveries).scan_prefix(&key) {
-            let (ikey, _) = item.map_err(|e| abort(e.into()))?;
-            let dseq = super::codec::read_u64(&ikey[8..]);
+/// Removes events (with their deliveries and id records) and dead letters found by [`Store::purge`],
+/// skipping any that changed since.
+fn purge(tx: &Tx<'_>, events: &[(u64, String, Vec<u64>)], dead: &[u64]) -> TxResult<(u32, u32)> {
+    let mut purged = 0u32;
+    'events: for (event_seq, id, deliveries) in events {
+        for &dseq in deliveries {
             let d: Option<Delivery> = tx.get(TreeId::Deliveries, &u64_key(dseq))?;
             if d.is_some_and(|d| !d.status.is_final()) {
-                all_final = false;
-                break;
+                continue 'events;
             }
-            index.push((ikey, dseq));
         }
-        if !all_final {
-            continue;
-        }
-        for (ikey, dseq) in index {
-            tx.remove(TreeId::EventDeliveries, &ikey)?;
+        for &dseq in deliveries {
+            tx.remove(TreeId::EventDeliveries, &pair_key(*event_seq, dseq))?;
             tx.remove(TreeId::Deliveries, &u64_key(dseq))?;
         }
-        tx.remove(TreeId::Events, &key)?;
-        tx.remove(TreeId::EventIds, ev.id.as_bytes())?;
-        events += 1;
+        tx.remove(TreeId::Events, &u64_key(*event_seq))?;
+        tx.remove(TreeId::EventIds, id.as_bytes())?;
+        purged += 1;
     }
-    let mut dead = 0u32;
-    for item in tx.scan_committed(TreeId::DeadLetters).iter() {
-        let (key, value) = item.map_err(|e| abort(e.into()))?;
-        let dl = DeadLetter::decode(&value).map_err(abort)?;
-        if dl.dead_at_ms >= dead_before_ms || dead as usize >= limit {
-            break;
+    let mut removed = 0u32;
+    for &seq in dead {
+        if tx.get_raw(TreeId::DeadLetters, &u64_key(seq))?.is_some() {
+            tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
+            tx.counters().dead_letters -= 1;
+            removed += 1;
         }
-        tx.remove(TreeId::DeadLetters, &key)?;
-        tx.counters().dead_letters -= 1;
-        dead += 1;
     }
-    Ok((events, dead))
+    Ok((purged, removed))
 }
 
-fn abort(e: StoreError) -> sled::transaction::ConflictableTransactionError<StoreError> {
-    sled::transaction::ConflictableTransactionError::Abort(e)
-}

@@ -37,6 +37,10 @@ pub enum TreeId {
 }
 
 /// A change's view of the group transaction.
+///
+/// sled holds its global write lock while the transaction's closure runs, so a change must not call
+/// anything on the trees directly (reads, scans, `generate_id`): that would deadlock. Everything goes
+/// through this type; scans happen before the change is submitted.
 pub struct Tx<'a> {
     trees: &'a [TransactionalTree],
     state: &'a State,
@@ -167,11 +171,6 @@ impl Tx<'_> {
         self.effects.borrow_mut().wake = true;
     }
 
-    /// Iterates a key range of a tree outside the transaction's isolation (sled transactions cannot scan).
-    /// Only the writer thread changes the store, so within a change this sees what earlier groups committed.
-    pub fn scan_committed(&self, tree: TreeId) -> &sled::Tree {
-        self.state.trees.all()[tree as usize]
-    }
 }
 
 pub(super) struct WriterHandle {

@@ -2,3 +2,10 @@
 
 mod support;
 mod smoke;
+mod intake;
+mod config;
+mod partner;
+mod cli;
+mod delivery;
+mod crash;
+mod operate;

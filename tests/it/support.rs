@@ -336,3 +336,82 @@ where
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_preflix-webhookd"))
 }
+
+// ---- BEGIN intake/config helpers (added for tests/it/intake.rs and tests/it/config.rs) ----
+
+/// A request body made of `chunks`, sent without a content-length, so hyper uses
+/// `transfer-encoding: chunked`.
+pub type ChunkedBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>>,
+>;
+
+/// Sends `method path` with a body streamed as `chunks` (no content-length) on a fresh connection;
+/// `token` adds `authorization: Bearer <token>`. Returns the status, headers and body of the answer.
+pub async fn send_chunked(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    chunks: Vec<Bytes>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
+        chunks.into_iter().map(|c| Ok(hyper::body::Frame::data(c))).collect();
+    let body: ChunkedBody = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(body).unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, headers, body)
+}
+
+impl Client {
+    /// The same daemon, presenting `token` instead of the real admin token.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client { addr: self.addr, token: token.to_string() }
+    }
+
+    /// `totals.events` of `GET /status`.
+    pub async fn total_events(&self) -> u64 {
+        let (status, body) = self.get("/status").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["totals"]["events"].as_u64().expect("totals.events is a number")
+    }
+}
+
+// ---- END intake/config helpers ----
+
+// ---- helpers added for tests/it/delivery.rs and tests/it/crash.rs (issue 3) ----
+
+impl TestReceiver {
+    /// Drops the answers still scripted; from now on every request gets the default.
+    pub fn clear_script(&self) {
+        self.inner.script.lock().unwrap().clear();
+    }
+
+    /// Requests being answered right now (received, answer not yet sent).
+    pub fn in_progress(&self) -> usize {
+        self.inner.concurrent.lock().unwrap().0
+    }
+
+    /// The `preflixai-event-id` of every request received so far, in arrival order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| r.headers.get("preflixai-event-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+// ---- end of helpers for issue 3 ----
