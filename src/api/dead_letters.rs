@@ -79,11 +79,8 @@ struct Filter {
 impl Filter {
     fn from_query(_state: &AppState, query: &str) -> Result<Filter, ApiError> {
         Ok(Filter {
-            endpoint: match query_param(query, "endpoint_id") {
-                None => None,
-                // An id that cannot exist matches nothing.
-                Some(id) => Some(parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
-            },
+            // An id that cannot exist matches nothing.
+            endpoint: query_param(query, "endpoint_id").map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
             event_type: query_param(query, "event_type"),
         })
     }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// What the rest of the daemon may ask the scheduler; cheap to clone.
 #[derive(Clone, Default)]
@@ -307,12 +308,17 @@ impl Scheduler {
         let Some(event) = self.store.event(delivery.event_seq)? else { return Ok(()) };
         let n = delivery.attempts.len() as u32 + 1;
         let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);
-        let _entered = span.enter();
         let started_ms = now_ms();
-        let outcome: Outcome = self.client.attempt(ep, &event, n, (started_ms / 1000) as i64).await;
+        let outcome: Outcome = self
+            .client
+            .attempt(ep, &event, n, (started_ms / 1000) as i64)
+            .instrument(span.clone())
+            .await;
         let secs = outcome.duration.as_secs_f64();
         self.metrics.record_attempt(outcome.status_code, secs);
-        tracing::debug!(status = ?outcome.status_code, error = ?outcome.error, ms = outcome.duration.as_millis() as u64, "attempt finished");
+        span.in_scope(|| {
+            tracing::debug!(status = ?outcome.status_code, error = ?outcome.error, ms = outcome.duration.as_millis() as u64, "attempt finished")
+        });
         let result = match outcome.status_code {
             Some(code) => AttemptResult::Status { code, retry_after: outcome.retry_after.clone() },
             None => AttemptResult::Failed,
