@@ -43,8 +43,10 @@ impl Running {
         let mut child = cmd.spawn().expect("start the binary");
         let output = Arc::new(Mutex::new(Vec::new()));
         let mut readers = vec![];
-        let pipes: Vec<Box<dyn Read + Send>> =
-            vec![Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        let pipes: Vec<Box<dyn Read + Send>> = vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
         for mut pipe in pipes {
             let output = output.clone();
             readers.push(std::thread::spawn(move || {
@@ -57,7 +59,11 @@ impl Running {
                 }
             }));
         }
-        Running { child, output, readers }
+        Running {
+            child,
+            output,
+            readers,
+        }
     }
 
     fn output(&self) -> String {
@@ -66,7 +72,12 @@ impl Running {
 
     /// Polls until `cond` holds for the output so far; panics (killing the child) after `timeout`
     /// or if the child exits first.
-    fn wait_for(&mut self, timeout: Duration, what: &str, mut cond: impl FnMut(&str) -> bool) -> String {
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut cond: impl FnMut(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let out = self.output();
@@ -74,9 +85,15 @@ impl Running {
                 return out;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the daemon exited ({status}) before {what}; output:\n{}", self.output());
+                panic!(
+                    "the daemon exited ({status}) before {what}; output:\n{}",
+                    self.output()
+                );
             }
-            assert!(Instant::now() < deadline, "no {what} within {timeout:?}; output:\n{out}");
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}; output:\n{out}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -91,7 +108,10 @@ impl Running {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("the binary did not exit within {timeout:?}; output:\n{}", self.output());
+                panic!(
+                    "the binary did not exit within {timeout:?}; output:\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -102,7 +122,11 @@ impl Running {
     }
 
     fn sigterm(&self) {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("run kill");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
     }
 }
@@ -130,8 +154,15 @@ fn serve_with(text: &str) -> (Option<i32>, String) {
 /// Asserts that the config `text` stops start-up with exit code 64 and a message naming `key`.
 fn assert_refused(text: &str, key: &str) {
     let (code, output) = serve_with(text);
-    assert_eq!(code, Some(EXIT_CONFIG), "config:\n{text}\noutput:\n{output}");
-    assert!(output.contains(key), "the message names `{key}`; config:\n{text}\noutput:\n{output}");
+    assert_eq!(
+        code,
+        Some(EXIT_CONFIG),
+        "config:\n{text}\noutput:\n{output}"
+    );
+    assert!(
+        output.contains(key),
+        "the message names `{key}`; config:\n{text}\noutput:\n{output}"
+    );
 }
 
 #[test]
@@ -140,29 +171,53 @@ fn unknown_keys_exit_64_naming_the_key() {
     assert_refused("[sever]\nlisten = \"127.0.0.1:0\"\n", "sever");
     assert_refused("[retry]\nschedul = [\"5s\"]\n", "retry.schedul");
     assert_refused("colour = \"blue\"\n", "colour");
-    assert_refused("[storage]\ndir = \"x\"\n[storage.extra]\na = 1\n", "storage.extra");
+    assert_refused(
+        "[storage]\ndir = \"x\"\n[storage.extra]\na = 1\n",
+        "storage.extra",
+    );
 }
 
 #[test]
 fn bad_values_exit_64_naming_the_key() {
     assert_refused("[retry]\njitter = 2\n", "retry.jitter");
     assert_refused("[retry]\njitter = -0.5\n", "retry.jitter");
-    assert_refused("[server]\nmax_body_bytes = \"big\"\n", "server.max_body_bytes");
+    assert_refused(
+        "[server]\nmax_body_bytes = \"big\"\n",
+        "server.max_body_bytes",
+    );
     assert_refused("[server]\nlisten = \"nowhere\"\n", "server.listen");
     assert_refused("[log]\nformat = \"xml\"\n", "log.format");
     assert_refused("[log]\nlevel = \"loud\"\n", "log.level");
-    assert_refused("[delivery]\nrequire_https = \"yes\"\n", "delivery.require_https");
+    assert_refused(
+        "[delivery]\nrequire_https = \"yes\"\n",
+        "delivery.require_https",
+    );
     assert_refused("[delivery]\nmax_in_flight = 0\n", "delivery.max_in_flight");
 }
 
 #[test]
 fn bad_durations_exit_64_naming_the_key() {
-    assert_refused("[server]\nshutdown_grace = \"10\"\n", "server.shutdown_grace");
-    assert_refused("[server]\nshutdown_grace = \"10 parsecs\"\n", "server.shutdown_grace");
-    assert_refused("[delivery]\ntimeout = \"fifteen seconds\"\n", "delivery.timeout");
-    assert_refused("[delivery]\nconnect_timeout = 5\n", "delivery.connect_timeout");
+    assert_refused(
+        "[server]\nshutdown_grace = \"10\"\n",
+        "server.shutdown_grace",
+    );
+    assert_refused(
+        "[server]\nshutdown_grace = \"10 parsecs\"\n",
+        "server.shutdown_grace",
+    );
+    assert_refused(
+        "[delivery]\ntimeout = \"fifteen seconds\"\n",
+        "delivery.timeout",
+    );
+    assert_refused(
+        "[delivery]\nconnect_timeout = 5\n",
+        "delivery.connect_timeout",
+    );
     assert_refused("[retry]\nschedule = [\"5s\", \"5x\"]\n", "retry.schedule");
-    assert_refused("[endpoints]\ndisable_after = \"-1d\"\n", "endpoints.disable_after");
+    assert_refused(
+        "[endpoints]\ndisable_after = \"-1d\"\n",
+        "endpoints.disable_after",
+    );
     assert_refused("[retention]\nevents = \"\"\n", "retention.events");
 }
 
@@ -170,7 +225,10 @@ fn bad_durations_exit_64_naming_the_key() {
 fn malformed_toml_exits_64() {
     let (code, output) = serve_with("[server\nlisten = \n");
     assert_eq!(code, Some(EXIT_CONFIG), "{output}");
-    assert!(output.contains("webhookd.toml"), "the message names the file: {output}");
+    assert!(
+        output.contains("webhookd.toml"),
+        "the message names the file: {output}"
+    );
 }
 
 #[test]
@@ -181,13 +239,22 @@ fn missing_config_file_exits_64() {
     cmd.arg("serve").arg("--config").arg(&missing);
     let (status, output) = Running::spawn(cmd).wait(TIMEOUT);
     assert_eq!(status.code(), Some(EXIT_CONFIG), "{output}");
-    assert!(output.contains("no-such-config.toml"), "the message names the file: {output}");
-    assert!(!dir.path().join("data").exists(), "nothing was created before refusing");
+    assert!(
+        output.contains("no-such-config.toml"),
+        "the message names the file: {output}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was created before refusing"
+    );
 }
 
 /// A config for a real start: store under `dir`, any free port, debug logs.
 fn good_config(dir: &Path) -> String {
-    format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\ndir = {:?}\n\n[log]\nlevel = \"debug\"\n", dir.display().to_string())
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\ndir = {:?}\n\n[log]\nlevel = \"debug\"\n",
+        dir.display().to_string()
+    )
 }
 
 /// Strips ANSI colour sequences from log text.
@@ -213,7 +280,10 @@ fn ready_port(log: &str) -> Option<u16> {
     let log = plain(log);
     let line = log.lines().find(|l| l.contains("ready"))?;
     let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok().filter(|p| *p != 0)
 }
 
@@ -221,12 +291,21 @@ fn ready_port(log: &str) -> Option<u16> {
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(s, "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{auth}connection: close\r\ncontent-length: 0\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read the answer");
-    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {text}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -246,14 +325,21 @@ fn serve_and_stop(cmd: Command, db: &Path) -> String {
     let token_path = db.join("admin.token");
     let mut running = Running::spawn(cmd);
     let token = wait_token(&mut running, &token_path);
-    let log = running.wait_for(TIMEOUT, "ready log line with the port", |out| ready_port(out).is_some());
+    let log = running.wait_for(TIMEOUT, "ready log line with the port", |out| {
+        ready_port(out).is_some()
+    });
     let port = ready_port(&log).unwrap();
 
     let mode = std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "admin.token mode is {mode:o}");
     let token = token.trim().to_string();
     assert_eq!(token.len(), 64, "{token:?}");
-    assert!(token.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{token:?}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        "{token:?}"
+    );
 
     assert_eq!(http(port, "GET", "/healthz", None), (200, "ok".to_string()));
     assert_eq!(http(port, "GET", "/status", None).0, 401);
@@ -264,10 +350,23 @@ fn serve_and_stop(cmd: Command, db: &Path) -> String {
 
     running.sigterm();
     let (status, output) = running.wait(TIMEOUT);
-    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0; output:\n{output}");
-    assert!(!output.contains(&token), "the admin token was logged:\n{output}");
-    assert!(!output.contains(&token[..16]), "part of the admin token was logged:\n{output}");
-    assert!(plain(&output).contains("admin.token"), "the token's path is logged:\n{output}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must exit 0; output:\n{output}"
+    );
+    assert!(
+        !output.contains(&token),
+        "the admin token was logged:\n{output}"
+    );
+    assert!(
+        !output.contains(&token[..16]),
+        "part of the admin token was logged:\n{output}"
+    );
+    assert!(
+        plain(&output).contains("admin.token"),
+        "the token's path is logged:\n{output}"
+    );
     token
 }
 
@@ -302,7 +401,8 @@ fn config_env_var_is_honoured() {
 
     // A missing file named by the variable is refused too.
     let mut cmd = command(dir.path());
-    cmd.arg("serve").env("PREFLIX_WEBHOOKD_CONFIG", dir.path().join("absent.toml"));
+    cmd.arg("serve")
+        .env("PREFLIX_WEBHOOKD_CONFIG", dir.path().join("absent.toml"));
     let (status, output) = Running::spawn(cmd).wait(TIMEOUT);
     assert_eq!(status.code(), Some(EXIT_CONFIG), "{output}");
     assert!(output.contains("absent.toml"), "{output}");
@@ -314,5 +414,8 @@ fn config_env_var_is_honoured() {
     let mut cmd = command(dir.path());
     cmd.arg("serve").env("PREFLIX_WEBHOOKD_CONFIG", &good);
     serve_and_stop(cmd, &db);
-    assert!(!dir.path().join("data").exists(), "the default storage.dir must not be used");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the default storage.dir must not be used"
+    );
 }

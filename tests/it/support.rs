@@ -342,7 +342,9 @@ pub fn binary() -> PathBuf {
 /// A request body made of `chunks`, sent without a content-length, so hyper uses
 /// `transfer-encoding: chunked`.
 pub type ChunkedBody = http_body_util::StreamBody<
-    futures_util::stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>>,
+    futures_util::stream::Iter<
+        std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+    >,
 >;
 
 /// Sends `method path` with a body streamed as `chunks` (no content-length) on a fresh connection;
@@ -354,8 +356,10 @@ pub async fn send_chunked(
     token: Option<&str>,
     chunks: Vec<Bytes>,
 ) -> (StatusCode, HeaderMap, Bytes) {
-    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> =
-        chunks.into_iter().map(|c| Ok(hyper::body::Frame::data(c))).collect();
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = chunks
+        .into_iter()
+        .map(|c| Ok(hyper::body::Frame::data(c)))
+        .collect();
     let body: ChunkedBody = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
     let mut req = Request::builder()
         .method(method)
@@ -367,26 +371,38 @@ pub async fn send_chunked(
     }
     let req = req.body(body).unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.expect("request");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, headers, body)
 }
 
 impl Client {
     /// The same daemon, presenting `token` instead of the real admin token.
     pub fn with_token(&self, token: &str) -> Client {
-        Client { addr: self.addr, token: token.to_string() }
+        Client {
+            addr: self.addr,
+            token: token.to_string(),
+        }
     }
 
     /// `totals.events` of `GET /status`.
     pub async fn total_events(&self) -> u64 {
         let (status, body) = self.get("/status").await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["totals"]["events"].as_u64().expect("totals.events is a number")
+        body["totals"]["events"]
+            .as_u64()
+            .expect("totals.events is a number")
     }
 }
 
