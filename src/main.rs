@@ -1,7 +1,9 @@
 //! The `preflix-webhookd` binary: parses the command line, loads the config, starts logging and hands over to the library.
 
 use clap::{Parser, Subcommand};
-use preflix_webhookd::cli::admin::{AdminCommand, AdminOptions, DeadLettersCommand, EndpointsCommand, EventsCommand};
+use preflix_webhookd::cli::admin::{
+    AdminCommand, AdminOptions, DeadLettersCommand, EndpointsCommand, EventsCommand,
+};
 use preflix_webhookd::config::Config;
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,7 +13,11 @@ use std::process::ExitCode;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "preflix-webhookd", version, about = "Signed webhook delivery daemon for Preflix AI partner events")]
+#[command(
+    name = "preflix-webhookd",
+    version,
+    about = "Signed webhook delivery daemon for Preflix AI partner events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,10 +77,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Sign { secret, id, timestamp } => {
+        Command::Sign {
+            secret,
+            id,
+            timestamp,
+        } => {
             let body = read_stdin();
             let mut out = std::io::stdout();
-            match preflix_webhookd::cli::partner::sign_command(&secret, id.as_deref(), timestamp, &body, now_secs(), &mut out) {
+            match preflix_webhookd::cli::partner::sign_command(
+                &secret,
+                id.as_deref(),
+                timestamp,
+                &body,
+                now_secs(),
+                &mut out,
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("preflix-webhookd sign: {e}");
@@ -82,9 +99,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Verify { secret, tolerance, headers } => {
+        Command::Verify {
+            secret,
+            tolerance,
+            headers,
+        } => {
             let body = read_stdin();
-            match preflix_webhookd::cli::partner::verify_command(&secret, tolerance, &headers, &body, now_secs()) {
+            match preflix_webhookd::cli::partner::verify_command(
+                &secret,
+                tolerance,
+                &headers,
+                &body,
+                now_secs(),
+            ) {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS
@@ -104,7 +131,10 @@ fn main() -> ExitCode {
 
 /// Runs an admin command against the daemon's HTTP interface on a current-thread runtime.
 fn admin(command: AdminCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("preflix-webhookd: cannot start the runtime: {e}");
@@ -130,7 +160,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     preflix_webhookd::telemetry::init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("preflix-webhookd: cannot start the runtime: {e}");
@@ -140,7 +173,12 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     let result: anyhow::Result<()> = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (server.listen): {e}",
+                    config.server.listen
+                )
+            })?;
         let shutdown = preflix_webhookd::shutdown::from_signals()?;
         preflix_webhookd::run(config, listener, shutdown).await?;
         Ok(())

@@ -224,12 +224,13 @@ impl AdminCommand {
                 },
             },
             AdminCommand::Events(command) => match command {
-                EventsCommand::Show { admin, .. } | EventsCommand::Redeliver { admin, .. } => admin.clone(),
-            },
-            AdminCommand::DeadLetters(command) => match command {
-                DeadLettersCommand::List { admin, .. } | DeadLettersCommand::Retry { admin, .. } => {
+                EventsCommand::Show { admin, .. } | EventsCommand::Redeliver { admin, .. } => {
                     admin.clone()
                 }
+            },
+            AdminCommand::DeadLetters(command) => match command {
+                DeadLettersCommand::List { admin, .. }
+                | DeadLettersCommand::Retry { admin, .. } => admin.clone(),
             },
         }
     }
@@ -298,11 +299,16 @@ pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> Result<(), Admi
     out.flush().map_err(AdminError::from)
 }
 
-async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Result<Bytes, AdminError> {
+async fn endpoints_request(
+    client: &Client,
+    command: &EndpointsCommand,
+) -> Result<Bytes, AdminError> {
     match command {
         EndpointsCommand::List { partner, .. } => {
             let query = query_string(&[("partner_id", partner.as_deref())]);
-            client.request(Method::GET, &format!("/v1/endpoints{query}"), None).await
+            client
+                .request(Method::GET, &format!("/v1/endpoints{query}"), None)
+                .await
         }
         EndpointsCommand::Add(add) => {
             let mut body = Map::new();
@@ -311,7 +317,12 @@ async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Resul
                 body.insert("environment".into(), json!(environment));
             }
             body.insert("url".into(), json!(add.url));
-            let types: Vec<&str> = add.types.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
+            let types: Vec<&str> = add
+                .types
+                .iter()
+                .map(|t| t.trim())
+                .filter(|t| !t.is_empty())
+                .collect();
             body.insert("event_types".into(), json!(types));
             if let Some(description) = &add.description {
                 body.insert("description".into(), json!(description));
@@ -322,10 +333,18 @@ async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Resul
             if let Some(n) = add.max_in_flight {
                 body.insert("max_in_flight".into(), json!(n));
             }
-            client.request(Method::POST, "/v1/endpoints", Some(Value::Object(body))).await
+            client
+                .request(Method::POST, "/v1/endpoints", Some(Value::Object(body)))
+                .await
         }
         EndpointsCommand::Rm { id, .. } => {
-            client.request(Method::DELETE, &format!("/v1/endpoints/{}", encode(id)), None).await
+            client
+                .request(
+                    Method::DELETE,
+                    &format!("/v1/endpoints/{}", encode(id)),
+                    None,
+                )
+                .await
         }
         EndpointsCommand::Rotate { id, grace, .. } => {
             let body = match grace {
@@ -333,7 +352,11 @@ async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Resul
                 None => json!({}),
             };
             client
-                .request(Method::POST, &format!("/v1/endpoints/{}/rotate-secret", encode(id)), Some(body))
+                .request(
+                    Method::POST,
+                    &format!("/v1/endpoints/{}/rotate-secret", encode(id)),
+                    Some(body),
+                )
                 .await
         }
         EndpointsCommand::Test { id, event_type, .. } => {
@@ -341,7 +364,13 @@ async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Resul
                 Some(event_type) => json!({"type": event_type}),
                 None => json!({}),
             };
-            client.request(Method::POST, &format!("/v1/endpoints/{}/test", encode(id)), Some(body)).await
+            client
+                .request(
+                    Method::POST,
+                    &format!("/v1/endpoints/{}/test", encode(id)),
+                    Some(body),
+                )
+                .await
         }
     }
 }
@@ -349,21 +378,38 @@ async fn endpoints_request(client: &Client, command: &EndpointsCommand) -> Resul
 async fn events_request(client: &Client, command: &EventsCommand) -> Result<Bytes, AdminError> {
     match command {
         EventsCommand::Show { id, .. } => {
-            client.request(Method::GET, &format!("/v1/events/{}", encode(id)), None).await
+            client
+                .request(Method::GET, &format!("/v1/events/{}", encode(id)), None)
+                .await
         }
         EventsCommand::Redeliver { id, endpoint, .. } => {
             let body = match endpoint {
                 Some(endpoint) => json!({"endpoint_id": endpoint}),
                 None => json!({}),
             };
-            client.request(Method::POST, &format!("/v1/events/{}/redeliver", encode(id)), Some(body)).await
+            client
+                .request(
+                    Method::POST,
+                    &format!("/v1/events/{}/redeliver", encode(id)),
+                    Some(body),
+                )
+                .await
         }
     }
 }
 
-async fn dead_letters_request(client: &Client, command: &DeadLettersCommand) -> Result<Bytes, AdminError> {
+async fn dead_letters_request(
+    client: &Client,
+    command: &DeadLettersCommand,
+) -> Result<Bytes, AdminError> {
     match command {
-        DeadLettersCommand::List { endpoint, event_type, limit, after, .. } => {
+        DeadLettersCommand::List {
+            endpoint,
+            event_type,
+            limit,
+            after,
+            ..
+        } => {
             let limit = limit.map(|l| l.to_string());
             let query = query_string(&[
                 ("endpoint_id", endpoint.as_deref()),
@@ -371,12 +417,25 @@ async fn dead_letters_request(client: &Client, command: &DeadLettersCommand) -> 
                 ("limit", limit.as_deref()),
                 ("after", after.as_deref()),
             ]);
-            client.request(Method::GET, &format!("/v1/dead-letters{query}"), None).await
+            client
+                .request(Method::GET, &format!("/v1/dead-letters{query}"), None)
+                .await
         }
         DeadLettersCommand::Retry { id: Some(id), .. } => {
-            client.request(Method::POST, &format!("/v1/dead-letters/{}/retry", encode(id)), Some(json!({}))).await
+            client
+                .request(
+                    Method::POST,
+                    &format!("/v1/dead-letters/{}/retry", encode(id)),
+                    Some(json!({})),
+                )
+                .await
         }
-        DeadLettersCommand::Retry { id: None, endpoint, event_type, .. } => {
+        DeadLettersCommand::Retry {
+            id: None,
+            endpoint,
+            event_type,
+            ..
+        } => {
             let mut body = Map::new();
             if let Some(endpoint) = endpoint {
                 body.insert("endpoint_id".into(), json!(endpoint));
@@ -384,7 +443,13 @@ async fn dead_letters_request(client: &Client, command: &DeadLettersCommand) -> 
             if let Some(event_type) = event_type {
                 body.insert("event_type".into(), json!(event_type));
             }
-            client.request(Method::POST, "/v1/dead-letters/retry", Some(Value::Object(body))).await
+            client
+                .request(
+                    Method::POST,
+                    "/v1/dead-letters/retry",
+                    Some(Value::Object(body)),
+                )
+                .await
         }
     }
 }
@@ -403,13 +468,19 @@ struct Client {
 impl Client {
     /// Resolves the URL and the token from the options, loading the config only when it is needed
     /// (or named explicitly). `env` looks up environment variables.
-    fn from_options(options: &AdminOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<Client, AdminError> {
-        let needs_config = options.config.is_some() || options.url.is_none() || options.token_file.is_none();
+    fn from_options(
+        options: &AdminOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Client, AdminError> {
+        let needs_config =
+            options.config.is_some() || options.url.is_none() || options.token_file.is_none();
         let config = if needs_config {
-            Some(Config::load_with_env(options.config.as_deref(), env).map_err(|e| AdminError {
-                message: e.to_string(),
-                exit_code: EXIT_CONFIG,
-            })?)
+            Some(
+                Config::load_with_env(options.config.as_deref(), env).map_err(|e| AdminError {
+                    message: e.to_string(),
+                    exit_code: EXIT_CONFIG,
+                })?,
+            )
         } else {
             None
         };
@@ -432,7 +503,12 @@ impl Client {
 
     /// Sends one request on a fresh connection; returns the body of a 2xx answer, or the daemon's
     /// error as an [`AdminError`].
-    async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Bytes, AdminError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Bytes, AdminError> {
         let exchange = self.exchange(method, path, body);
         let (status, bytes) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(result) => result?,
@@ -450,7 +526,12 @@ impl Client {
         Err(self.daemon_error(status, &bytes))
     }
 
-    async fn exchange(&self, method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, Bytes), AdminError> {
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Bytes), AdminError> {
         let unreachable = |e: &dyn std::fmt::Display| {
             AdminError::new(format!(
                 "cannot reach the daemon at {}: {e}; is it running? (--url or --config say where it listens)",
@@ -461,7 +542,12 @@ impl Client {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(unreachable(&e)),
-            Err(_) => return Err(unreachable(&format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()))),
+            Err(_) => {
+                return Err(unreachable(&format!(
+                    "no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
         };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -473,7 +559,10 @@ impl Client {
             .header(header::HOST, &self.base.authority)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(header::ACCEPT, "application/json")
-            .header(header::USER_AGENT, concat!("preflix-webhookd-cli/", env!("CARGO_PKG_VERSION")));
+            .header(
+                header::USER_AGENT,
+                concat!("preflix-webhookd-cli/", env!("CARGO_PKG_VERSION")),
+            );
         let body = match body {
             Some(value) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");
@@ -484,7 +573,10 @@ impl Client {
         let request = request
             .body(Full::new(body))
             .map_err(|e| AdminError::new(format!("cannot build the request for {path}: {e}")))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let status = response.status();
         let bytes = response
             .into_body()
@@ -500,7 +592,9 @@ impl Client {
         let value: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
         let error = &value["error"];
         let mut message = match (error["message"].as_str(), error["code"].as_str()) {
-            (Some(message), Some(code)) => format!("{} ({code}, HTTP {})", clean(message), status.as_u16()),
+            (Some(message), Some(code)) => {
+                format!("{} ({code}, HTTP {})", clean(message), status.as_u16())
+            }
             (Some(message), None) => format!("{} (HTTP {})", clean(message), status.as_u16()),
             _ => {
                 let text = String::from_utf8_lossy(bytes);
@@ -508,7 +602,10 @@ impl Client {
                 if text.is_empty() {
                     format!("the daemon answered HTTP {status}")
                 } else {
-                    format!("the daemon answered HTTP {status}: {}", shorten(&clean(text), SNIPPET_CHARS))
+                    format!(
+                        "the daemon answered HTTP {status}: {}",
+                        shorten(&clean(text), SNIPPET_CHARS)
+                    )
                 }
             }
         };
@@ -545,7 +642,9 @@ impl BaseUrl {
         } else {
             format!("http://{text}")
         };
-        let invalid = |why: &dyn std::fmt::Display| AdminError::new(format!("--url {text} is not usable: {why}"));
+        let invalid = |why: &dyn std::fmt::Display| {
+            AdminError::new(format!("--url {text} is not usable: {why}"))
+        };
         let uri: http::Uri = full.parse().map_err(|e| invalid(&e))?;
         match uri.scheme_str() {
             Some("http") => {}
@@ -558,12 +657,18 @@ impl BaseUrl {
         }
         let authority = uri.authority().ok_or_else(|| invalid(&"no host"))?;
         if authority.as_str().contains('@') {
-            return Err(invalid(&"user-info is not supported; the token comes from --token-file"));
+            return Err(invalid(
+                &"user-info is not supported; the token comes from --token-file",
+            ));
         }
         if uri.query().is_some() {
             return Err(invalid(&"a query string is not allowed"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = authority.port_u16().unwrap_or(80);
         let prefix = uri.path().trim_end_matches('/').to_owned();
         Ok(BaseUrl {
@@ -594,7 +699,10 @@ impl BaseUrl {
 
 /// Finds the daemon's token as [`config::load_admin_token`] does, but fails instead of generating
 /// one when the file is missing.
-fn token_from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<config::AdminToken, AdminError> {
+fn token_from_config(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<config::AdminToken, AdminError> {
     let (path, key) = match &config.server.token_file {
         Some(path) => (path.clone(), "server.token_file"),
         None => {
@@ -613,7 +721,11 @@ fn token_from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> R
 
 /// Reads the token file at `path` through [`config::load_admin_token`] with `server.token_file`
 /// set, so that nothing is ever generated; errors name `key` as the path's origin.
-fn read_token(path: PathBuf, key: &'static str, env: &dyn Fn(&str) -> Option<String>) -> Result<config::AdminToken, AdminError> {
+fn read_token(
+    path: PathBuf,
+    key: &'static str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<config::AdminToken, AdminError> {
     if is_missing(&path) {
         return Err(AdminError::new(format!(
             "no admin token: {} (from {key}) does not exist; the CLI never creates one, so pass \
@@ -643,7 +755,9 @@ fn is_missing(path: &std::path::Path) -> bool {
 fn relabel(e: ConfigError, key: &'static str) -> ConfigError {
     match e {
         ConfigError::TokenRead { path, io, .. } => ConfigError::TokenRead { key, path, io },
-        ConfigError::TokenInvalid { path, reason, .. } => ConfigError::TokenInvalid { key, path, reason },
+        ConfigError::TokenInvalid { path, reason, .. } => {
+            ConfigError::TokenInvalid { key, path, reason }
+        }
         other => other,
     }
 }
@@ -685,7 +799,10 @@ fn render(command: &AdminCommand, v: &Value) -> String {
             EndpointsCommand::List { .. } => render_endpoints(v),
             EndpointsCommand::Add(_) => render_created(v),
             EndpointsCommand::Rm { id, .. } => {
-                format!("deleted endpoint {}; its pending deliveries are cancelled\n", clean(id))
+                format!(
+                    "deleted endpoint {}; its pending deliveries are cancelled\n",
+                    clean(id)
+                )
             }
             EndpointsCommand::Rotate { id, grace, .. } => render_rotated(id, *grace, v),
             EndpointsCommand::Test { id, event_type, .. } => {
@@ -701,14 +818,24 @@ fn render(command: &AdminCommand, v: &Value) -> String {
             EventsCommand::Show { .. } => render_event(v),
             EventsCommand::Redeliver { id, endpoint, .. } => {
                 let n = v["deliveries"].as_u64().unwrap_or(0);
-                let to = endpoint.as_deref().map(|e| format!(" to {}", clean(e))).unwrap_or_default();
-                format!("queued {n} new {} of {}{to}\n", plural(n, "delivery", "deliveries"), clean(id))
+                let to = endpoint
+                    .as_deref()
+                    .map(|e| format!(" to {}", clean(e)))
+                    .unwrap_or_default();
+                format!(
+                    "queued {n} new {} of {}{to}\n",
+                    plural(n, "delivery", "deliveries"),
+                    clean(id)
+                )
             }
         },
         AdminCommand::DeadLetters(command) => match command {
             DeadLettersCommand::List { .. } => render_dead_letters(v),
             DeadLettersCommand::Retry { id: Some(id), .. } => {
-                format!("requeued {}: its delivery gets a fresh set of attempts\n", clean(id))
+                format!(
+                    "requeued {}: its delivery gets a fresh set of attempts\n",
+                    clean(id)
+                )
             }
             DeadLettersCommand::Retry { id: None, .. } => {
                 let n = v["requeued"].as_u64().unwrap_or(0);
@@ -728,10 +855,20 @@ fn render_status(v: &Value) -> String {
         s,
         "preflix-webhookd {}, up {}",
         text(&v["version"]),
-        v["uptime_seconds"].as_u64().map(duration).unwrap_or_else(|| "-".into())
+        v["uptime_seconds"]
+            .as_u64()
+            .map(duration)
+            .unwrap_or_else(|| "-".into())
     );
-    let storage_bytes = v["storage"]["bytes"].as_u64().map(bytes).unwrap_or_else(|| "-".into());
-    let _ = writeln!(s, "storage       {} ({storage_bytes})", text(&v["storage"]["dir"]));
+    let storage_bytes = v["storage"]["bytes"]
+        .as_u64()
+        .map(bytes)
+        .unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        s,
+        "storage       {} ({storage_bytes})",
+        text(&v["storage"]["dir"])
+    );
     let oldest = match q["oldest_pending_age_seconds"].as_u64() {
         Some(age) => format!("oldest waiting {}", duration(age)),
         None => "nothing waiting".to_owned(),
@@ -745,14 +882,21 @@ fn render_status(v: &Value) -> String {
     );
     let _ = writeln!(s, "dead letters  {}", text(&v["dead_letters"]));
     let t = &v["totals"];
+    let count = |v: &Value, one: &str, many: &str| match v.as_u64() {
+        Some(n) => format!("{n} {}", plural(n, one, many)),
+        None => format!("{} {many}", text(v)),
+    };
     let _ = writeln!(
         s,
-        "totals        {} events, {} deliveries succeeded, {} attempts failed",
-        text(&t["events"]),
-        text(&t["deliveries_succeeded"]),
-        text(&t["attempts_failed"])
+        "totals        {}, {} succeeded, {} failed",
+        count(&t["events"], "event", "events"),
+        count(&t["deliveries_succeeded"], "delivery", "deliveries"),
+        count(&t["attempts_failed"], "attempt", "attempts")
     );
-    let endpoints = v["endpoints"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let endpoints = v["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     s.push('\n');
     if endpoints.is_empty() {
         s.push_str("no endpoints registered\n");
@@ -772,12 +916,27 @@ fn render_status(v: &Value) -> String {
             ]
         })
         .collect();
-    table(&mut s, &["ENDPOINT", "PARTNER/ENV", "HEALTH", "FAILURES", "LAST", "PENDING", "URL"], &rows);
+    table(
+        &mut s,
+        &[
+            "ENDPOINT",
+            "PARTNER/ENV",
+            "HEALTH",
+            "FAILURES",
+            "LAST",
+            "PENDING",
+            "URL",
+        ],
+        &rows,
+    );
     s
 }
 
 fn render_endpoints(v: &Value) -> String {
-    let endpoints = v["endpoints"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let endpoints = v["endpoints"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if endpoints.is_empty() {
         return "no endpoints\n".to_owned();
     }
@@ -809,7 +968,11 @@ fn render_endpoints(v: &Value) -> String {
         })
         .collect();
     let mut s = String::new();
-    table(&mut s, &["ID", "PARTNER/ENV", "STATE", "TYPES", "DELIVERY", "URL"], &rows);
+    table(
+        &mut s,
+        &["ID", "PARTNER/ENV", "STATE", "TYPES", "DELIVERY", "URL"],
+        &rows,
+    );
     s
 }
 
@@ -851,17 +1014,28 @@ fn render_event(v: &Value) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "event     {}", text(&v["id"]));
     let _ = writeln!(s, "type      {}", text(&v["type"]));
-    let _ = writeln!(s, "partner   {}/{}", text(&v["partner_id"]), text(&v["environment"]));
+    let _ = writeln!(
+        s,
+        "partner   {}/{}",
+        text(&v["partner_id"]),
+        text(&v["environment"])
+    );
     let _ = writeln!(s, "created   {}", text(&v["created_at"]));
     let _ = writeln!(s, "received  {}", text(&v["received_at"]));
     let data = clean(&v["data"].to_string());
     let data = if data.chars().count() > DATA_PREVIEW_CHARS {
-        format!("{} (cut; --json shows all)", shorten(&data, DATA_PREVIEW_CHARS))
+        format!(
+            "{} (cut; --json shows all)",
+            shorten(&data, DATA_PREVIEW_CHARS)
+        )
     } else {
         data
     };
     let _ = writeln!(s, "data      {data}");
-    let deliveries = v["deliveries"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let deliveries = v["deliveries"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let _ = writeln!(s);
     if deliveries.is_empty() {
         s.push_str("no deliveries: no enabled endpoint of this partner and environment subscribes to the type\n");
@@ -874,12 +1048,23 @@ fn render_event(v: &Value) -> String {
             Some(at) if status == "pending" => format!(", next attempt {}", clean(at)),
             _ => String::new(),
         };
-        let _ = writeln!(s, "  {}  to {}  {status}{next}", text(&d["id"]), text(&d["endpoint_id"]));
-        let attempts = d["attempts"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {}  to {}  {status}{next}",
+            text(&d["id"]),
+            text(&d["endpoint_id"])
+        );
+        let attempts = d["attempts"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for a in attempts {
             let outcome = match a["status_code"].as_u64() {
                 Some(code) => format!("HTTP {code}"),
-                None => format!("no response: {}", shorten(&text(&a["error"]), SNIPPET_CHARS)),
+                None => format!(
+                    "no response: {}",
+                    shorten(&text(&a["error"]), SNIPPET_CHARS)
+                ),
             };
             let mut line = format!(
                 "    attempt {}  {}  {outcome}  {} ms",
@@ -887,7 +1072,11 @@ fn render_event(v: &Value) -> String {
                 text(&a["at"]),
                 text(&a["duration_ms"])
             );
-            if let Some(snippet) = a["response_snippet"].as_str().map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some(snippet) = a["response_snippet"]
+                .as_str()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
                 let _ = write!(line, "  \"{}\"", shorten(&clean(snippet), SNIPPET_CHARS));
             }
             let _ = writeln!(s, "{line}");
@@ -897,7 +1086,10 @@ fn render_event(v: &Value) -> String {
 }
 
 fn render_dead_letters(v: &Value) -> String {
-    let letters = v["dead_letters"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let letters = v["dead_letters"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let mut s = String::new();
     if letters.is_empty() {
         s.push_str("no dead letters\n");
@@ -924,7 +1116,9 @@ fn render_dead_letters(v: &Value) -> String {
             .collect();
         table(
             &mut s,
-            &["ID", "EVENT", "TYPE", "ENDPOINT", "ATTEMPTS", "LAST", "DEAD AT", "REASON"],
+            &[
+                "ID", "EVENT", "TYPE", "ENDPOINT", "ATTEMPTS", "LAST", "DEAD AT", "REASON",
+            ],
             &rows,
         );
     }
@@ -1008,7 +1202,12 @@ fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
 
 /// Seconds as `45s`, `5m 3s`, `2h 5m` or `3d 4h`.
 fn duration(seconds: u64) -> String {
-    let (d, h, m, s) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds / 3600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+    );
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {
@@ -1046,14 +1245,26 @@ mod tests {
     #[test]
     fn urls_are_split_for_connecting_and_requests() {
         let url = BaseUrl::parse("http://127.0.0.1:8790").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.prefix.as_str()), ("127.0.0.1", 8790, ""));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.prefix.as_str()),
+            ("127.0.0.1", 8790, "")
+        );
         let url = BaseUrl::parse("localhost:9000/hooks/").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.prefix.as_str()), ("localhost", 9000, "/hooks"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.prefix.as_str()),
+            ("localhost", 9000, "/hooks")
+        );
         assert_eq!(url.authority, "localhost:9000");
         let url = BaseUrl::parse("http://[::1]:8790").unwrap();
-        assert_eq!((url.host.as_str(), url.authority.as_str()), ("::1", "[::1]:8790"));
+        assert_eq!(
+            (url.host.as_str(), url.authority.as_str()),
+            ("::1", "[::1]:8790")
+        );
         assert_eq!(BaseUrl::parse("http://example.test").unwrap().port, 80);
-        assert!(BaseUrl::parse("https://example.test").unwrap_err().to_string().contains("plain HTTP only"));
+        assert!(BaseUrl::parse("https://example.test")
+            .unwrap_err()
+            .to_string()
+            .contains("plain HTTP only"));
         assert!(BaseUrl::parse("ftp://example.test").is_err());
         assert!(BaseUrl::parse("http://user:pw@example.test").is_err());
     }
@@ -1075,7 +1286,10 @@ mod tests {
         let mut config = Config::default();
         config.storage.dir = dir.path().join("db");
         let error = token_from_config(&config, &no_env).unwrap_err().to_string();
-        assert!(error.contains("--token-file") && error.contains("storage.dir"), "{error}");
+        assert!(
+            error.contains("--token-file") && error.contains("storage.dir"),
+            "{error}"
+        );
         assert!(!config.storage.dir.join("admin.token").exists());
         assert!(!config.storage.dir.exists());
 
@@ -1087,8 +1301,13 @@ mod tests {
         let error = token_from_config(&config, &no_env).unwrap_err().to_string();
         assert!(error.contains("(from storage.dir) is empty"), "{error}");
 
-        let error = read_token(dir.path().join("nope"), "--token-file", &no_env).unwrap_err().to_string();
-        assert!(error.contains("nope (from --token-file) does not exist"), "{error}");
+        let error = read_token(dir.path().join("nope"), "--token-file", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("nope (from --token-file) does not exist"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1099,14 +1318,24 @@ mod tests {
         let env = move |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| credentials.clone());
         let mut config = Config::default();
         config.storage.dir = dir.path().join("db");
-        assert_eq!(token_from_config(&config, &env).unwrap().token, "from-credentials");
+        assert_eq!(
+            token_from_config(&config, &env).unwrap().token,
+            "from-credentials"
+        );
         assert!(!config.storage.dir.exists());
     }
 
     #[test]
     fn queries_and_paths_are_encoded() {
         assert_eq!(query_string(&[("a", None), ("b", None)]), "");
-        assert_eq!(query_string(&[("partner_id", Some("acme")), ("x", None), ("t", Some("a b&c"))]), "?partner_id=acme&t=a%20b%26c");
+        assert_eq!(
+            query_string(&[
+                ("partner_id", Some("acme")),
+                ("x", None),
+                ("t", Some("a b&c"))
+            ]),
+            "?partner_id=acme&t=a%20b%26c"
+        );
         assert_eq!(encode("evt_7b2.x-~"), "evt_7b2.x-~");
         assert_eq!(encode("a/b"), "a%2Fb");
     }
@@ -1125,14 +1354,29 @@ mod tests {
         let text = render_status(&status);
         assert!(text.contains("preflix-webhookd 0.1.0, up 1h 2m"), "{text}");
         assert!(text.contains("/var/lib/x (1.5 MiB)"), "{text}");
-        assert!(text.contains("4 pending (1 retrying), 2 in flight, oldest waiting 5m 3s"), "{text}");
+        assert!(
+            text.contains("4 pending (1 retrying), 2 in flight, oldest waiting 5m 3s"),
+            "{text}"
+        );
         assert!(text.contains("dead letters  7"), "{text}");
-        assert!(text.contains("12 events, 10 deliveries succeeded, 3 attempts failed"), "{text}");
+        assert!(
+            text.contains("12 events, 10 deliveries succeeded, 3 attempts failed"),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
-        let header = lines.iter().position(|l| l.starts_with("ENDPOINT")).unwrap();
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("ENDPOINT"))
+            .unwrap();
         assert!(lines[header + 1].starts_with("ep_1      acme-health/production  healthy  0         200   0        https://a.example/h"), "{text}");
-        assert!(lines[header + 2].contains("failing") && lines[header + 2].contains(" - "), "{text}");
-        assert!(!text.contains('\u{1b}'), "control characters are escaped: {text}");
+        assert!(
+            lines[header + 2].contains("failing") && lines[header + 2].contains(" - "),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "control characters are escaped: {text}"
+        );
     }
 
     #[test]
@@ -1143,9 +1387,18 @@ mod tests {
                 "attempts": [{"n": 1, "at": "2026-01-15T19:04:13Z", "status_code": null, "duration_ms": 3, "error": "connection refused", "response_snippet": null},
                              {"n": 2, "at": "2026-01-15T19:04:18Z", "status_code": 500, "duration_ms": 12, "error": null, "response_snippet": "oops\n"}]}]});
         let text = render_event(&event);
-        assert!(text.contains("dlv_1  to ep_1  pending, next attempt 2026-01-15T19:09:12Z"), "{text}");
-        assert!(text.contains("attempt 1  2026-01-15T19:04:13Z  no response: connection refused  3 ms"), "{text}");
-        assert!(text.contains("attempt 2  2026-01-15T19:04:18Z  HTTP 500  12 ms  \"oops\""), "{text}");
+        assert!(
+            text.contains("dlv_1  to ep_1  pending, next attempt 2026-01-15T19:09:12Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attempt 1  2026-01-15T19:04:13Z  no response: connection refused  3 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attempt 2  2026-01-15T19:04:18Z  HTTP 500  12 ms  \"oops\""),
+            "{text}"
+        );
         assert!(text.contains("data      {\"k\":\"v\"}"), "{text}");
     }
 
@@ -1156,9 +1409,15 @@ mod tests {
             "last_error": "timed out", "first_attempt_at": null, "dead_at": "2026-01-15T19:04:12Z", "reason": "retries_exhausted"}],
             "next": "dl_3"});
         let text = render_dead_letters(&page);
-        assert!(text.contains("dl_3  evt_1  bill.created  ep_1      3         timed out"), "{text}");
+        assert!(
+            text.contains("dl_3  evt_1  bill.created  ep_1      3         timed out"),
+            "{text}"
+        );
         assert!(text.contains("more follow: pass --after dl_3"), "{text}");
-        assert_eq!(render_dead_letters(&json!({"dead_letters": [], "next": null})), "no dead letters\n");
+        assert_eq!(
+            render_dead_letters(&json!({"dead_letters": [], "next": null})),
+            "no dead letters\n"
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ impl From<Output> for Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -58,7 +62,11 @@ fn token_file(daemon: &TestDaemon) -> PathBuf {
 async fn admin(daemon: &TestDaemon, args: &[&str]) -> Run {
     let url = format!("http://{}", daemon.addr);
     let token = token_file(daemon);
-    let url_option = if args.starts_with(&["endpoints", "add"]) { "--daemon-url" } else { "--url" };
+    let url_option = if args.starts_with(&["endpoints", "add"]) {
+        "--daemon-url"
+    } else {
+        "--url"
+    };
     let mut all: Vec<&str> = args.to_vec();
     all.extend([url_option, &url, "--token-file", token.to_str().unwrap()]);
     cli(&all).await
@@ -68,16 +76,29 @@ async fn admin(daemon: &TestDaemon, args: &[&str]) -> Run {
 async fn status_lists_each_endpoint_with_its_health() {
     let receiver = TestReceiver::start().await;
     let daemon = TestDaemon::start().await;
-    let ep = daemon.client().create_endpoint("acme-health", "sandbox", &receiver.url("/hook"), &["*"]).await;
+    let ep = daemon
+        .client()
+        .create_endpoint("acme-health", "sandbox", &receiver.url("/hook"), &["*"])
+        .await;
     let id = ep["id"].as_str().unwrap();
 
     let run = admin(&daemon, &["status"]).await;
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains("preflix-webhookd 0.1.0"), "{run}");
-    assert!(run.stdout.contains("0 pending (0 retrying), 0 in flight"), "{run}");
+    assert!(
+        run.stdout.contains("0 pending (0 retrying), 0 in flight"),
+        "{run}"
+    );
     assert!(run.stdout.contains("dead letters  0"), "{run}");
-    let line = run.stdout.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("no line for {id}: {run}"));
-    assert!(line.contains("healthy") && line.contains("acme-health/sandbox"), "{line}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("no line for {id}: {run}"));
+    assert!(
+        line.contains("healthy") && line.contains("acme-health/sandbox"),
+        "{line}"
+    );
     assert!(line.contains(&receiver.url("/hook")), "{line}");
 }
 
@@ -86,7 +107,8 @@ async fn status_json_is_the_daemons_json() {
     let daemon = TestDaemon::start().await;
     let run = admin(&daemon, &["status", "--json"]).await;
     assert_eq!(run.code, Some(0), "{run}");
-    let status: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
+    let status: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
     assert_eq!(status["queue"]["pending"], 0, "{run}");
     assert!(status["endpoints"].is_array(), "{run}");
 }
@@ -120,30 +142,60 @@ async fn endpoints_add_then_list_then_rm() {
         .find(|w| w.starts_with("ep_"))
         .unwrap_or_else(|| panic!("no endpoint id: {run}"))
         .to_string();
-    let secret = run.stdout.lines().find_map(|l| l.strip_prefix("secret: ")).unwrap_or_else(|| panic!("no secret: {run}"));
+    let secret = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap_or_else(|| panic!("no secret: {run}"));
     assert!(secret.starts_with("whsec_"), "{run}");
     assert!(run.stdout.contains("Store this secret now"), "{run}");
 
     let (status, stored) = daemon.client().get(&format!("/v1/endpoints/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{stored}");
-    assert_eq!(stored["event_types"], json!(["audit.completed", "letter.ready"]));
+    assert_eq!(
+        stored["event_types"],
+        json!(["audit.completed", "letter.ready"])
+    );
     assert_eq!(stored["description"], "case sync");
     assert_eq!(stored["ordered"], true);
-    let (_, secret_now) = daemon.client().get(&format!("/v1/endpoints/{id}/secret")).await;
+    let (_, secret_now) = daemon
+        .client()
+        .get(&format!("/v1/endpoints/{id}/secret"))
+        .await;
     assert_eq!(secret_now["secret"], secret);
 
     let run = admin(&daemon, &["endpoints", "list", "--partner", "acme-health"]).await;
     assert_eq!(run.code, Some(0), "{run}");
-    let line = run.stdout.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed: {run}"));
-    assert!(line.contains("acme-health/sandbox") && line.contains("enabled"), "{line}");
-    assert!(line.contains("audit.completed,letter.ready") && line.contains("http://127.0.0.1:9/hook"), "{line}");
-    assert!(!run.stdout.contains(secret), "the list never shows the secret: {run}");
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed: {run}"));
+    assert!(
+        line.contains("acme-health/sandbox") && line.contains("enabled"),
+        "{line}"
+    );
+    assert!(
+        line.contains("audit.completed,letter.ready") && line.contains("http://127.0.0.1:9/hook"),
+        "{line}"
+    );
+    assert!(
+        !run.stdout.contains(secret),
+        "the list never shows the secret: {run}"
+    );
     let run = admin(&daemon, &["endpoints", "list", "--partner", "someone-else"]).await;
-    assert_eq!((run.code, run.stdout.as_str()), (Some(0), "no endpoints\n"), "{run}");
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(0), "no endpoints\n"),
+        "{run}"
+    );
 
     let run = admin(&daemon, &["endpoints", "rm", &id]).await;
     assert_eq!(run.code, Some(0), "{run}");
-    assert_eq!(daemon.client().get(&format!("/v1/endpoints/{id}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        daemon.client().get(&format!("/v1/endpoints/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -151,13 +203,32 @@ async fn a_refused_request_prints_the_daemons_message_and_exits_1() {
     let daemon = TestDaemon::start().await;
     let run = admin(&daemon, &["endpoints", "rm", "ep_999999"]).await;
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(run.stderr.contains("not found") && run.stderr.contains("not_found"), "{run}");
+    assert!(
+        run.stderr.contains("not found") && run.stderr.contains("not_found"),
+        "{run}"
+    );
     assert!(run.stdout.is_empty(), "{run}");
 
-    // A 422 from validation: a production endpoint must be https.
-    let run = admin(&daemon, &["endpoints", "add", "--partner", "p", "--url", "http://127.0.0.1:9/", "--types", "*"]).await;
+    // A 422 from validation: a type outside the catalog.
+    let run = admin(
+        &daemon,
+        &[
+            "endpoints",
+            "add",
+            "--partner",
+            "p",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--types",
+            "no.such.type",
+        ],
+    )
+    .await;
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(run.stderr.contains("invalid_endpoint_url"), "{run}");
+    assert!(
+        run.stderr.contains("unknown_event_type") && run.stderr.contains("HTTP 422"),
+        "{run}"
+    );
 
     // Usage errors are clap's: exit 2.
     let run = admin(&daemon, &["endpoints", "add", "--partner", "p"]).await;
@@ -169,9 +240,24 @@ async fn events_show_a_posted_event_with_its_delivery() {
     let receiver = TestReceiver::start().await;
     let daemon = TestDaemon::start().await;
     let c = daemon.client();
-    let ep = c.create_endpoint("acme-health", "sandbox", &receiver.url("/hook"), &["audit.completed"]).await;
+    let ep = c
+        .create_endpoint(
+            "acme-health",
+            "sandbox",
+            &receiver.url("/hook"),
+            &["audit.completed"],
+        )
+        .await;
     let ep_id = ep["id"].as_str().unwrap();
-    let (status, body) = c.post_event("acme-health", "sandbox", "evt_cli_1", "audit.completed", json!({"bill_id": "bill_8f4"})).await;
+    let (status, body) = c
+        .post_event(
+            "acme-health",
+            "sandbox",
+            "evt_cli_1",
+            "audit.completed",
+            json!({"bill_id": "bill_8f4"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     receiver.wait_for(1, Duration::from_secs(10)).await;
     wait_until_async(Duration::from_secs(10), || async {
@@ -184,12 +270,21 @@ async fn events_show_a_posted_event_with_its_delivery() {
     assert!(run.stdout.contains("event     evt_cli_1"), "{run}");
     assert!(run.stdout.contains("type      audit.completed"), "{run}");
     assert!(run.stdout.contains("bill_8f4"), "{run}");
-    assert!(run.stdout.contains(&format!("to {ep_id}  succeeded")), "{run}");
-    assert!(run.stdout.contains("attempt 1") && run.stdout.contains("HTTP 200"), "{run}");
+    assert!(
+        run.stdout.contains(&format!("to {ep_id}  succeeded")),
+        "{run}"
+    );
+    assert!(
+        run.stdout.contains("attempt 1") && run.stdout.contains("HTTP 200"),
+        "{run}"
+    );
 
     let run = admin(&daemon, &["events", "redeliver", "evt_cli_1"]).await;
     assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.stdout.contains("queued 1 new delivery of evt_cli_1"), "{run}");
+    assert!(
+        run.stdout.contains("queued 1 new delivery of evt_cli_1"),
+        "{run}"
+    );
     receiver.wait_for(2, Duration::from_secs(10)).await;
 
     let run = admin(&daemon, &["events", "show", "evt_nope"]).await;
@@ -201,9 +296,14 @@ async fn events_show_a_posted_event_with_its_delivery() {
 async fn dead_letters_list_is_empty_on_a_fresh_daemon() {
     let daemon = TestDaemon::start().await;
     let run = admin(&daemon, &["dead-letters", "list"]).await;
-    assert_eq!((run.code, run.stdout.as_str()), (Some(0), "no dead letters\n"), "{run}");
+    assert_eq!(
+        (run.code, run.stdout.as_str()),
+        (Some(0), "no dead letters\n"),
+        "{run}"
+    );
     let run = admin(&daemon, &["dead-letters", "list", "--json"]).await;
-    let page: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
+    let page: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
     assert_eq!(page, json!({"dead_letters": [], "next": null}));
     let run = admin(&daemon, &["dead-letters", "retry"]).await;
     assert_eq!(run.code, Some(0), "{run}");
@@ -217,39 +317,81 @@ async fn a_wrong_token_is_unauthorized() {
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     let url = format!("http://{}", daemon.addr);
-    let run = cli(&["status", "--url", &url, "--token-file", wrong.to_str().unwrap()]).await;
+    let run = cli(&[
+        "status",
+        "--url",
+        &url,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(run.stderr.contains("unauthorized") && run.stderr.contains("--token-file"), "{run}");
+    assert!(
+        run.stderr.contains("unauthorized") && run.stderr.contains("--token-file"),
+        "{run}"
+    );
 
     // A token file that does not exist is never created.
     let missing = dir.path().join("missing.token");
-    let run = cli(&["status", "--url", &url, "--token-file", missing.to_str().unwrap()]).await;
+    let run = cli(&[
+        "status",
+        "--url",
+        &url,
+        "--token-file",
+        missing.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(run.stderr.contains("does not exist") && run.stderr.contains("--token-file"), "{run}");
+    assert!(
+        run.stderr.contains("does not exist") && run.stderr.contains("--token-file"),
+        "{run}"
+    );
     assert!(!missing.exists());
 }
 
 #[tokio::test]
 async fn the_config_file_alone_finds_the_daemon_and_its_token() {
     let daemon = TestDaemon::start().await;
-    daemon.client().create_endpoint("acme-health", "sandbox", "http://127.0.0.1:9/hook", &["*"]).await;
+    daemon
+        .client()
+        .create_endpoint("acme-health", "sandbox", "http://127.0.0.1:9/hook", &["*"])
+        .await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &format!("listen = \"{}\"\ntoken_file = {:?}\n", daemon.addr, token_file(&daemon)));
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"{}\"\ntoken_file = {:?}\n",
+            daemon.addr,
+            token_file(&daemon)
+        ),
+    );
     let run = cli(&["status", "--config", config.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(0), "{run}");
-    assert!(run.stdout.contains("acme-health/sandbox") && run.stdout.contains("healthy"), "{run}");
+    assert!(
+        run.stdout.contains("acme-health/sandbox") && run.stdout.contains("healthy"),
+        "{run}"
+    );
 
     // Without server.token_file, the token is <storage.dir>/admin.token, as the daemon finds it;
     // when that does not exist, the CLI says to pass --token-file and creates nothing.
     let storage = dir.path().join("other-db");
     let config = write_config(
         dir.path(),
-        &format!("listen = \"{}\"\n\n[storage]\ndir = {:?}\n", daemon.addr, storage),
+        &format!(
+            "listen = \"{}\"\n\n[storage]\ndir = {:?}\n",
+            daemon.addr, storage
+        ),
     );
     let run = cli(&["status", "--config", config.to_str().unwrap()]).await;
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(run.stderr.contains("--token-file") && run.stderr.contains("storage.dir"), "{run}");
-    assert!(!storage.join("admin.token").exists(), "the CLI never generates a token");
+    assert!(
+        run.stderr.contains("--token-file") && run.stderr.contains("storage.dir"),
+        "{run}"
+    );
+    assert!(
+        !storage.join("admin.token").exists(),
+        "the CLI never generates a token"
+    );
 }
 
 /// Writes `config.toml` in `dir` with `server_keys` under `[server]`.
