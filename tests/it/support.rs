@@ -80,7 +80,11 @@ impl TestDaemon {
             t.fire();
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("run task").expect("run returned an error");
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("the daemon did not stop within 60 s")
+                .expect("run task")
+                .expect("run returned an error");
         }
     }
 
@@ -167,14 +171,19 @@ impl Client {
 
 /// Sends one request on a fresh connection.
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.expect("request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    (status, headers, body)
+    // A daemon that stops answering must fail the test, not hang it.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.expect("request");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        (status, headers, body)
+    })
+    .await
+    .expect("no answer from the daemon within 60 s")
 }
 
 /// One request the receiver got.
