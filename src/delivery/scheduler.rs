@@ -226,21 +226,6 @@ impl Scheduler {
         room: usize,
         note: &mut impl FnMut(u64),
     ) -> Result<Vec<u64>, crate::store::StoreError> {
-        let is_claimed = |seq: u64| {
-            self.handle.shared.claimed.lock().expect("claims lock is never poisoned").contains(&seq)
-        };
-        if ep.ordered {
-            // Only the head may go, and only when nothing of this endpoint is under way.
-            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else { return Ok(vec![]) };
-            if is_claimed(head.delivery_seq) {
-                return Ok(vec![]);
-            }
-            if head.due_ms > now {
-                note(head.due_ms);
-                return Ok(vec![]);
-            }
-            return Ok(vec![head.delivery_seq]);
-        }
         let in_flight_here = self
             .handle
             .shared
@@ -249,16 +234,32 @@ impl Scheduler {
             .expect("endpoint lock is never poisoned")
             .get(&ep.num)
             .map_or(0, |r| r.in_flight as usize);
+        // The claims stay locked from before the queue is read until they are checked. An attempt
+        // releases its claim only after its outcome is committed, so an entry read here is either
+        // still claimed or already settled. Checked after the read, an attempt could settle and
+        // release in between, and its delivery would be sent again.
+        let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned");
+        if ep.ordered {
+            // Only the head may go, and only when nothing of this endpoint is under way.
+            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else { return Ok(vec![]) };
+            if claimed.contains(&head.delivery_seq) {
+                return Ok(vec![]);
+            }
+            drop(claimed);
+            if head.due_ms > now {
+                note(head.due_ms);
+                return Ok(vec![]);
+            }
+            return Ok(vec![head.delivery_seq]);
+        }
         let entries = self.store.queue_entries(ep.num, now, room + in_flight_here)?;
-        let due: Vec<u64> = {
-            let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned");
-            entries
-                .iter()
-                .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
-                .map(|e| e.delivery_seq)
-                .take(room)
-                .collect()
-        };
+        let due: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
+            .map(|e| e.delivery_seq)
+            .take(room)
+            .collect();
+        drop(claimed);
         if due.len() < room {
             if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
                 note(next.due_ms);
