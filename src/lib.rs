@@ -56,7 +56,11 @@ pub enum RunError {
 }
 
 /// Runs the daemon on `listener` until `shutdown` fires; returns once everything is flushed.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let token = config::load_admin_token_from_process_env(&config)?;
     if token.generated {
         tracing::info!(path = %token.source.display(), "generated an admin token");
@@ -105,7 +109,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
 /// Tells systemd's watchdog the daemon is alive, but only while the scheduler keeps going round.
 async fn watchdog(notifier: notify::Notifier, state: Arc<AppState>, shutdown: Shutdown) {
-    let Some(interval) = notifier.watchdog_interval() else { return };
+    let Some(interval) = notifier.watchdog_interval() else {
+        return;
+    };
     let tick = interval / 2;
     loop {
         let beat = state.scheduler.heartbeat_ms();
@@ -129,7 +135,9 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
         let bytes = state.store.size_on_disk();
         state.metrics.storage_bytes.set(bytes as i64);
         let max = state.config.storage.max_bytes;
-        state.storage_full.store(max > 0 && bytes >= max, Ordering::Relaxed);
+        state
+            .storage_full
+            .store(max > 0 && bytes >= max, Ordering::Relaxed);
         if last_purge.elapsed() >= state.config.retention.interval {
             last_purge = Instant::now();
             purge(&state).await;

@@ -330,8 +330,14 @@ mod tests {
             created_at_ms: 0,
             secrets: vec![],
         };
-        ep.secrets.push(EndpointSecret { secret: "new".into(), expires_at_ms: None });
-        ep.secrets.push(EndpointSecret { secret: "old".into(), expires_at_ms: Some(100) });
+        ep.secrets.push(EndpointSecret {
+            secret: "new".into(),
+            expires_at_ms: None,
+        });
+        ep.secrets.push(EndpointSecret {
+            secret: "old".into(),
+            expires_at_ms: Some(100),
+        });
         assert_eq!(ep.live_secrets(50).collect::<Vec<_>>(), ["new", "old"]);
         assert_eq!(ep.live_secrets(100).collect::<Vec<_>>(), ["new"]);
         assert!(ep.matches("p", Environment::Production, "bill.created"));

@@ -14,7 +14,9 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (honouring `WATCHDOG_PID`).
     pub fn from_env() -> Notifier {
-        let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
+        let socket = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|s| !s.is_empty());
         let pid_matches = std::env::var("WATCHDOG_PID")
             .ok()
             .and_then(|p| p.parse::<u32>().ok())
@@ -29,7 +31,10 @@ impl Notifier {
 
     /// A notifier that sends nothing.
     pub fn disabled() -> Notifier {
-        Notifier { socket: None, watchdog: None }
+        Notifier {
+            socket: None,
+            watchdog: None,
+        }
     }
 
     pub fn watchdog_interval(&self) -> Option<Duration> {
@@ -66,7 +71,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier { socket: Some(path.display().to_string()), watchdog: None };
+        let n = Notifier {
+            socket: Some(path.display().to_string()),
+            watchdog: None,
+        };
         n.send("READY=1");
         let mut buf = [0u8; 64];
         let len = listener.recv(&mut buf).unwrap();

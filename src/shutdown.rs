@@ -53,7 +53,10 @@ pub fn from_signals() -> std::io::Result<Shutdown> {
     let (trigger, shutdown) = Shutdown::new();
     tokio::spawn(async move {
         if let Some(sig) = signals.next().await {
-            tracing::info!(signal = sig, "shutdown requested; send the signal again to exit at once");
+            tracing::info!(
+                signal = sig,
+                "shutdown requested; send the signal again to exit at once"
+            );
             trigger.fire();
         }
         if let Some(sig) = signals.next().await {

@@ -14,9 +14,15 @@ use std::sync::atomic::AtomicI64;
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     // A second call (tests start several daemons in one process) keeps the first subscriber.
@@ -51,32 +57,80 @@ impl Metrics {
             Some(c) => format!("{}xx", c / 100),
             None => "error".to_string(),
         };
-        self.attempts.get_or_create(&vec![("class".to_string(), class)]).inc();
+        self.attempts
+            .get_or_create(&vec![("class".to_string(), class)])
+            .inc();
         self.attempt_seconds.observe(seconds);
     }
 
     /// The Prometheus text exposition of everything.
     pub fn render(&self, c: &Counters, in_flight: usize) -> String {
         let mut r = Registry::with_prefix("preflix_webhookd");
-        r.register("events_received", "Events accepted by ingest (duplicates included)", self.events_received.clone());
-        r.register("events_stored", "Events stored", ConstCounter::new(c.events));
+        r.register(
+            "events_received",
+            "Events accepted by ingest (duplicates included)",
+            self.events_received.clone(),
+        );
+        r.register(
+            "events_stored",
+            "Events stored",
+            ConstCounter::new(c.events),
+        );
         let outcomes: Family<Vec<(String, String)>, Counter> = Family::default();
         for (name, v) in [
             ("succeeded", c.deliveries_succeeded),
             ("dead", c.deliveries_dead),
             ("cancelled", c.deliveries_cancelled),
         ] {
-            outcomes.get_or_create(&vec![("outcome".to_string(), name.to_string())]).inc_by(v);
+            outcomes
+                .get_or_create(&vec![("outcome".to_string(), name.to_string())])
+                .inc_by(v);
         }
-        r.register("deliveries", "Deliveries that reached a final outcome", outcomes);
-        r.register("deliveries_created", "Deliveries created", ConstCounter::new(c.deliveries_created));
-        r.register("attempts", "Delivery attempts by status class", self.attempts.clone());
-        r.register("attempt_duration_seconds", "Attempt latency", self.attempt_seconds.clone());
-        r.register("queue_pending", "Deliveries waiting for an attempt", ConstGauge::new(c.pending.saturating_sub(in_flight as u64) as i64));
-        r.register("queue_retrying", "Pending deliveries that failed at least once", ConstGauge::new(c.retrying as i64));
-        r.register("queue_in_flight", "Attempts under way", ConstGauge::new(in_flight as i64));
-        r.register("dead_letters", "Dead letters waiting for an operator", ConstGauge::new(c.dead_letters as i64));
-        r.register("storage_bytes", "Bytes the store occupies on disk", self.storage_bytes.clone());
+        r.register(
+            "deliveries",
+            "Deliveries that reached a final outcome",
+            outcomes,
+        );
+        r.register(
+            "deliveries_created",
+            "Deliveries created",
+            ConstCounter::new(c.deliveries_created),
+        );
+        r.register(
+            "attempts",
+            "Delivery attempts by status class",
+            self.attempts.clone(),
+        );
+        r.register(
+            "attempt_duration_seconds",
+            "Attempt latency",
+            self.attempt_seconds.clone(),
+        );
+        r.register(
+            "queue_pending",
+            "Deliveries waiting for an attempt",
+            ConstGauge::new(c.pending.saturating_sub(in_flight as u64) as i64),
+        );
+        r.register(
+            "queue_retrying",
+            "Pending deliveries that failed at least once",
+            ConstGauge::new(c.retrying as i64),
+        );
+        r.register(
+            "queue_in_flight",
+            "Attempts under way",
+            ConstGauge::new(in_flight as i64),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters waiting for an operator",
+            ConstGauge::new(c.dead_letters as i64),
+        );
+        r.register(
+            "storage_bytes",
+            "Bytes the store occupies on disk",
+            self.storage_bytes.clone(),
+        );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String does not fail");
         out

@@ -1,6 +1,9 @@
 //! `/v1/dead-letters`: listing deliveries that gave up, redriving them, and deleting them.
 
-use super::{empty, json, now_ms, only_fields, opt_str, query_param, read_json_object, ApiError, ApiResult, AppState};
+use super::{
+    empty, json, now_ms, only_fields, opt_str, query_param, read_json_object, ApiError, ApiResult,
+    AppState,
+};
 use crate::model::{endpoint_id, format_time, parse_numbered_id, DeadLetter};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -16,14 +19,19 @@ pub fn list(state: &AppState, query: &str) -> ApiResult {
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ApiError::invalid(format!("`limit` must be a number from 1 to {MAX_LIMIT}")))?,
+            .ok_or_else(|| {
+                ApiError::invalid(format!("`limit` must be a number from 1 to {MAX_LIMIT}"))
+            })?,
     };
     let after = match query_param(query, "after") {
         None => 0,
-        Some(c) => parse_numbered_id("dl_", &c).ok_or_else(|| ApiError::invalid("`after` is not a cursor from a previous page"))?,
+        Some(c) => parse_numbered_id("dl_", &c)
+            .ok_or_else(|| ApiError::invalid("`after` is not a cursor from a previous page"))?,
     };
     let filter = Filter::from_query(state, query)?;
-    let mut page = state.store.dead_letters(after, limit + 1, |dl| filter.keep(state, dl))?;
+    let mut page = state
+        .store
+        .dead_letters(after, limit + 1, |dl| filter.keep(state, dl))?;
     let next = if page.len() > limit {
         page.truncate(limit);
         page.last().map(|dl| dl.id())
@@ -31,7 +39,10 @@ pub fn list(state: &AppState, query: &str) -> ApiResult {
         None
     };
     let items: Vec<Value> = page.iter().map(|dl| view(state, dl)).collect();
-    Ok(json(StatusCode::OK, &json!({"dead_letters": items, "next": next})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"dead_letters": items, "next": next}),
+    ))
 }
 
 pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
@@ -48,17 +59,24 @@ pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let filter = Filter {
         endpoint: match opt_str(&map, "endpoint_id")? {
             None => None,
-            Some(id) => Some(parse_numbered_id("ep_", id).ok_or_else(|| ApiError::not_found("endpoint"))?),
+            Some(id) => {
+                Some(parse_numbered_id("ep_", id).ok_or_else(|| ApiError::not_found("endpoint"))?)
+            }
         },
         event_type: opt_str(&map, "event_type")?.map(str::to_string),
     };
     let mut after = 0;
     let mut requeued = 0;
     loop {
-        let page = state.store.dead_letters(after, 1000, |dl| filter.keep(state, dl))?;
+        let page = state
+            .store
+            .dead_letters(after, 1000, |dl| filter.keep(state, dl))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        requeued += state.store.retry_dead_letters(page.iter().map(|dl| dl.seq).collect(), now_ms()).await?;
+        requeued += state
+            .store
+            .retry_dead_letters(page.iter().map(|dl| dl.seq).collect(), now_ms())
+            .await?;
     }
     Ok(json(StatusCode::ACCEPTED, &json!({"requeued": requeued})))
 }
@@ -80,7 +98,8 @@ impl Filter {
     fn from_query(_state: &AppState, query: &str) -> Result<Filter, ApiError> {
         Ok(Filter {
             // An id that cannot exist matches nothing.
-            endpoint: query_param(query, "endpoint_id").map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
+            endpoint: query_param(query, "endpoint_id")
+                .map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
             event_type: query_param(query, "event_type"),
         })
     }
@@ -91,7 +110,12 @@ impl Filter {
         }
         match &self.event_type {
             None => true,
-            Some(t) => state.store.event(dl.event_seq).ok().flatten().is_some_and(|ev| &ev.event_type == t),
+            Some(t) => state
+                .store
+                .event(dl.event_seq)
+                .ok()
+                .flatten()
+                .is_some_and(|ev| &ev.event_type == t),
         }
     }
 }

@@ -39,7 +39,11 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
     only_fields(&map, &allowed)?;
     let partner_id = match opt_str(&map, "partner_id")? {
         Some(p) if is_valid_token(p, 64) => p.to_string(),
-        Some(_) => return Err(ApiError::invalid("`partner_id` must match [A-Za-z0-9._-]{1,64}")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`partner_id` must match [A-Za-z0-9._-]{1,64}",
+            ))
+        }
         None => return Err(ApiError::invalid("`partner_id` is required")),
     };
     let environment = match opt_str(&map, "environment")? {
@@ -69,7 +73,10 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
         enabled: true,
         disabled_reason: None,
         created_at_ms: now_ms(),
-        secrets: vec![EndpointSecret { secret: secret.clone(), expires_at_ms: None }],
+        secrets: vec![EndpointSecret {
+            secret: secret.clone(),
+            expires_at_ms: None,
+        }],
     };
     apply_fields(state, &mut endpoint, &map).await?;
     let endpoint = state.store.create_endpoint(endpoint).await?;
@@ -97,7 +104,10 @@ pub fn get(state: &AppState, id: &str) -> ApiResult {
 
 pub fn secret(state: &AppState, id: &str) -> ApiResult {
     let ep = find(state, id)?;
-    Ok(json(StatusCode::OK, &json!({"secret": ep.secrets[0].secret})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"secret": ep.secrets[0].secret}),
+    ))
 }
 
 pub async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> ApiResult {
@@ -145,8 +155,11 @@ pub async fn action(state: &AppState, id: &str, action: &str, req: Request<Incom
 
 /// The endpoint as the API shows it, without secrets.
 pub fn view(ep: &Endpoint) -> Value {
-    let headers: Map<String, Value> =
-        ep.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let headers: Map<String, Value> = ep
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     json!({
         "id": ep.id(),
         "partner_id": ep.partner_id,
@@ -185,20 +198,28 @@ async fn rotate(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> ApiR
     let grace = match map.get("grace_seconds") {
         None | Some(Value::Null) => DEFAULT_GRACE_SECONDS,
         Some(v) => v.as_u64().filter(|g| *g <= 30 * 86_400).ok_or_else(|| {
-            ApiError::invalid("`grace_seconds` must be a whole number of seconds, at most 2592000 (30 days)")
+            ApiError::invalid(
+                "`grace_seconds` must be a whole number of seconds, at most 2592000 (30 days)",
+            )
         })?,
     };
     let now = now_ms();
     let secret = Secret::generate().to_string();
     let mut changed = ep.clone();
-    let mut secrets = vec![EndpointSecret { secret: secret.clone(), expires_at_ms: None }];
+    let mut secrets = vec![EndpointSecret {
+        secret: secret.clone(),
+        expires_at_ms: None,
+    }];
     for old in &ep.secrets {
         let expires = match old.expires_at_ms {
             None => now + grace * 1000,
             Some(t) => t.min(now + grace * 1000),
         };
         if expires > now {
-            secrets.push(EndpointSecret { secret: old.secret.clone(), expires_at_ms: Some(expires) });
+            secrets.push(EndpointSecret {
+                secret: old.secret.clone(),
+                expires_at_ms: Some(expires),
+            });
         }
     }
     changed.secrets = secrets;
@@ -214,7 +235,10 @@ async fn test(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> ApiRes
     let event_type = catalog::find(name).ok_or_else(|| {
         ApiError::unprocessable(
             "unknown_event_type",
-            format!("unknown event type `{name}`; the catalog has {}", catalog::names()),
+            format!(
+                "unknown event type `{name}`; the catalog has {}",
+                catalog::names()
+            ),
         )
     })?;
     let now = now_ms();
@@ -230,7 +254,11 @@ async fn test(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> ApiRes
         Some(IngestOutcome::Accepted { .. }) => {
             Ok(json(StatusCode::ACCEPTED, &json!({"event_id": id})))
         }
-        _ => Err(ApiError::new(StatusCode::CONFLICT, "event_id_conflict", "the generated id was taken; retry")),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "event_id_conflict",
+            "the generated id was taken; retry",
+        )),
     }
 }
 
@@ -260,7 +288,10 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
             }
             let covered = state.store.event_deliveries(ev.seq)?.iter().any(|d| {
                 d.endpoint_num == ep.num
-                    && matches!(d.status, DeliveryStatus::Succeeded | DeliveryStatus::Pending)
+                    && matches!(
+                        d.status,
+                        DeliveryStatus::Succeeded | DeliveryStatus::Pending
+                    )
             });
             if !covered {
                 pairs.push((ev.seq, ep.num));
@@ -280,7 +311,9 @@ async fn apply_fields(
     map: &Map<String, Value>,
 ) -> Result<(), ApiError> {
     if let Some(url) = map.get("url") {
-        let url = url.as_str().ok_or_else(|| ApiError::invalid("`url` must be a string"))?;
+        let url = url
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("`url` must be a string"))?;
         check_url(state, url, ep.environment).await?;
         ep.url = url.to_string();
     }
@@ -288,7 +321,9 @@ async fn apply_fields(
         ep.event_types = event_types(types)?;
     }
     if let Some(d) = map.get("description") {
-        let d = d.as_str().ok_or_else(|| ApiError::invalid("`description` must be a string"))?;
+        let d = d
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("`description` must be a string"))?;
         if d.len() > 1024 {
             return Err(ApiError::invalid("`description` is at most 1024 bytes"));
         }
@@ -298,14 +333,17 @@ async fn apply_fields(
         ep.headers = headers(h)?;
     }
     if let Some(o) = map.get("ordered") {
-        ep.ordered = o.as_bool().ok_or_else(|| ApiError::invalid("`ordered` must be true or false"))?;
+        ep.ordered = o
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid("`ordered` must be true or false"))?;
     }
     if let Some(m) = map.get("max_in_flight") {
         ep.max_in_flight = m
             .as_u64()
             .filter(|m| (1..=10_000).contains(m))
-            .ok_or_else(|| ApiError::invalid("`max_in_flight` must be a whole number from 1 to 10000"))?
-            as u32;
+            .ok_or_else(|| {
+                ApiError::invalid("`max_in_flight` must be a whole number from 1 to 10000")
+            })? as u32;
     }
     if let Some(r) = map.get("rate_limit_per_second") {
         ep.rate_limit_per_second = match r {
@@ -316,7 +354,9 @@ async fn apply_fields(
         };
     }
     if let Some(e) = map.get("enabled") {
-        let enabled = e.as_bool().ok_or_else(|| ApiError::invalid("`enabled` must be true or false"))?;
+        let enabled = e
+            .as_bool()
+            .ok_or_else(|| ApiError::invalid("`enabled` must be true or false"))?;
         if enabled != ep.enabled {
             ep.enabled = enabled;
             ep.disabled_reason = (!enabled).then(|| "disabled by an operator".to_string());
@@ -345,14 +385,20 @@ fn event_types(value: &Value) -> Result<Vec<String>, ApiError> {
     let invalid = || {
         ApiError::invalid("`event_types` must be a non-empty array of event type names, or [\"*\"]")
     };
-    let list = value.as_array().filter(|l| !l.is_empty()).ok_or_else(invalid)?;
+    let list = value
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(invalid)?;
     let mut out = Vec::with_capacity(list.len());
     for item in list {
         let name = item.as_str().ok_or_else(invalid)?;
         if name != "*" && !catalog::is_known(name) {
             return Err(ApiError::unprocessable(
                 "unknown_event_type",
-                format!("unknown event type `{name}`; the catalog has {}, or use \"*\"", catalog::names()),
+                format!(
+                    "unknown event type `{name}`; the catalog has {}, or use \"*\"",
+                    catalog::names()
+                ),
             ));
         }
         if !out.iter().any(|t| t == name) {
@@ -360,7 +406,9 @@ fn event_types(value: &Value) -> Result<Vec<String>, ApiError> {
         }
     }
     if out.len() > 1 && out.iter().any(|t| t == "*") {
-        return Err(ApiError::invalid("`[\"*\"]` stands alone: it already means every type"));
+        return Err(ApiError::invalid(
+            "`[\"*\"]` stands alone: it already means every type",
+        ));
     }
     Ok(out)
 }
@@ -369,7 +417,11 @@ fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
     let map = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Object(map) => map,
-        _ => return Err(ApiError::invalid("`headers` must be an object of header names to string values")),
+        _ => {
+            return Err(ApiError::invalid(
+                "`headers` must be an object of header names to string values",
+            ))
+        }
     };
     if map.len() > MAX_HEADERS {
         return Err(ApiError::unprocessable(
@@ -407,7 +459,10 @@ fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
             ));
         }
         let value = value.as_str().ok_or_else(|| {
-            ApiError::unprocessable("invalid_header", format!("the value of `{name}` must be a string"))
+            ApiError::unprocessable(
+                "invalid_header",
+                format!("the value of `{name}` must be a string"),
+            )
         })?;
         if value.len() > MAX_HEADER_VALUE || value.chars().any(|c| c.is_control()) {
             return Err(ApiError::unprocessable(

@@ -1,8 +1,8 @@
 //! `/v1/events`: ingest (single and batch), reading an event with its deliveries, and redelivery.
 
 use super::{
-    json, now_ms, only_fields, opt_str, parse_json, read_body, read_json_object, ApiError, ApiResult,
-    AppState,
+    json, now_ms, only_fields, opt_str, parse_json, read_body, read_json_object, ApiError,
+    ApiResult, AppState,
 };
 use crate::catalog;
 use crate::model::{format_time, generate_id, is_valid_token, parse_numbered_id, Environment};
@@ -21,7 +21,9 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
     check_storage(state)?;
     let value = parse_json(&body)?;
     let Value::Object(map) = value else {
-        return Err(ApiError::invalid("the request body must be a JSON object (one event)"));
+        return Err(ApiError::invalid(
+            "the request body must be a JSON object (one event)",
+        ));
     };
     let event = validate(map, now_ms())?;
     let id = event.id.clone();
@@ -44,7 +46,9 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
     let body = read_body(state, req).await?;
     check_storage(state)?;
     let Value::Object(mut map) = parse_json(&body)? else {
-        return Err(ApiError::invalid("the request body must be a JSON object: {\"events\": [...]}"));
+        return Err(ApiError::invalid(
+            "the request body must be a JSON object: {\"events\": [...]}",
+        ));
     };
     only_fields(&map, &["events"])?;
     let Some(Value::Array(items)) = map.remove("events") else {
@@ -78,7 +82,11 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
         }
     }
     let count = accepted.len() as u64;
-    let outcomes = if accepted.is_empty() { Vec::new() } else { state.store.ingest(accepted).await? };
+    let outcomes = if accepted.is_empty() {
+        Vec::new()
+    } else {
+        state.store.ingest(accepted).await?
+    };
     state.metrics.events_received.inc_by(count);
     for (index, outcome) in positions.into_iter().zip(outcomes) {
         let r = &mut results[index];
@@ -104,7 +112,10 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
 }
 
 pub fn get(state: &AppState, id: &str) -> ApiResult {
-    let event = state.store.event_by_id(id)?.ok_or_else(|| ApiError::not_found("event"))?;
+    let event = state
+        .store
+        .event_by_id(id)?
+        .ok_or_else(|| ApiError::not_found("event"))?;
     let deliveries = state.store.event_deliveries(event.seq)?;
     let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
     let deliveries: Vec<Value> = deliveries
@@ -149,7 +160,10 @@ pub fn get(state: &AppState, id: &str) -> ApiResult {
 pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> ApiResult {
     let map = read_json_object(state, req).await?;
     only_fields(&map, &["endpoint_id"])?;
-    let event = state.store.event_by_id(id)?.ok_or_else(|| ApiError::not_found("event"))?;
+    let event = state
+        .store
+        .event_by_id(id)?
+        .ok_or_else(|| ApiError::not_found("event"))?;
     let targets: Vec<u64> = match opt_str(&map, "endpoint_id")? {
         Some(ep_id) => {
             let num = parse_numbered_id("ep_", ep_id)
@@ -158,8 +172,12 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
             vec![num]
         }
         None => {
-            let mut nums: Vec<u64> =
-                state.store.event_deliveries(event.seq)?.iter().map(|d| d.endpoint_num).collect();
+            let mut nums: Vec<u64> = state
+                .store
+                .event_deliveries(event.seq)?
+                .iter()
+                .map(|d| d.endpoint_num)
+                .collect();
             nums.sort_unstable();
             nums.dedup();
             nums
@@ -172,11 +190,23 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
 
 /// Checks one event and builds what the store keeps: its delivery body and its content hash.
 pub fn validate(mut map: Map<String, Value>, now: u64) -> Result<NewEvent, ApiError> {
-    only_fields(&map, &["partner_id", "environment", "id", "type", "created_at", "data"])?;
+    only_fields(
+        &map,
+        &[
+            "partner_id",
+            "environment",
+            "id",
+            "type",
+            "created_at",
+            "data",
+        ],
+    )?;
     let partner_id = match opt_str(&map, "partner_id")? {
         Some(p) if is_valid_token(p, 64) => p.to_string(),
         Some(_) => {
-            return Err(ApiError::invalid("`partner_id` must match [A-Za-z0-9._-]{1,64}"));
+            return Err(ApiError::invalid(
+                "`partner_id` must match [A-Za-z0-9._-]{1,64}",
+            ));
         }
         None => return Err(ApiError::invalid("`partner_id` is required")),
     };
@@ -196,7 +226,10 @@ pub fn validate(mut map: Map<String, Value>, now: u64) -> Result<NewEvent, ApiEr
         Some(t) => {
             return Err(ApiError::unprocessable(
                 "unknown_event_type",
-                format!("unknown event type `{t}`; the catalog has {}", catalog::names()),
+                format!(
+                    "unknown event type `{t}`; the catalog has {}",
+                    catalog::names()
+                ),
             ))
         }
         None => return Err(ApiError::invalid("`type` is required")),
@@ -223,7 +256,11 @@ pub fn validate(mut map: Map<String, Value>, now: u64) -> Result<NewEvent, ApiEr
     payload.extend_from_slice(&data_bytes);
     payload.push(b'}');
     let mut hash = Sha256::new();
-    for part in [partner_id.as_bytes(), environment.as_str().as_bytes(), event_type.as_bytes()] {
+    for part in [
+        partner_id.as_bytes(),
+        environment.as_str().as_bytes(),
+        event_type.as_bytes(),
+    ] {
         hash.update(part);
         hash.update([0u8]);
     }

@@ -48,7 +48,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -56,7 +60,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -73,7 +81,11 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the daemon is shutting down; retry shortly",
             ),
-            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed"),
+            _ => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_error",
+                "the store failed",
+            ),
         }
     }
 }
@@ -112,7 +124,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdo
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some HTTP connections did not close in time");
     }
 }
@@ -157,8 +172,12 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
             endpoints::action(state, &id, &action, req).await
         }
         (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, &query),
-        (&Method::POST, ["v1", "dead-letters", "retry"]) => dead_letters::retry_many(state, req).await,
-        (&Method::POST, ["v1", "dead-letters", id, "retry"]) => dead_letters::retry_one(state, id).await,
+        (&Method::POST, ["v1", "dead-letters", "retry"]) => {
+            dead_letters::retry_many(state, req).await
+        }
+        (&Method::POST, ["v1", "dead-letters", id, "retry"]) => {
+            dead_letters::retry_one(state, id).await
+        }
         (&Method::DELETE, ["v1", "dead-letters", id]) => dead_letters::delete(state, id).await,
         (&Method::GET, ["status"]) => status::status(state),
         (&Method::GET, ["metrics"]) => Ok(status::metrics(state)),
@@ -203,7 +222,11 @@ pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes
         )
     };
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
-        let len: u64 = len.to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
         if len > max as u64 {
             return Err(too_large());
         }
@@ -232,7 +255,11 @@ pub async fn read_json_object(
 
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
     })
 }
 
@@ -246,7 +273,10 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 }
 
 pub fn empty(status: StatusCode) -> Response<Body> {
-    Response::builder().status(status).body(Full::new(Bytes::new())).expect("valid response")
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .expect("valid response")
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -255,7 +285,8 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         &serde_json::json!({"error": {"code": e.code, "message": e.message}}),
     );
     if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
     }
     resp
 }
@@ -282,7 +313,8 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+            b'%' if i + 2 < bytes.len() => match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+            {
                 (Some(high), Some(low)) => {
                     out.push(high * 16 + low);
                     i += 3;

@@ -58,7 +58,10 @@ pub fn status(state: &AppState) -> ApiResult {
             "pending": state.scheduler.endpoint_pending(ep.num),
         }));
     }
-    let oldest = state.scheduler.oldest_due_ms().map(|due| now.saturating_sub(due) / 1000);
+    let oldest = state
+        .scheduler
+        .oldest_due_ms()
+        .map(|due| now.saturating_sub(due) / 1000);
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -83,10 +86,15 @@ pub fn status(state: &AppState) -> ApiResult {
 }
 
 pub fn metrics(state: &AppState) -> Response<Body> {
-    let text = state.metrics.render(&state.store.counters(), state.scheduler.in_flight_count());
+    let text = state
+        .metrics
+        .render(&state.store.counters(), state.scheduler.in_flight_count());
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .header(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
         .body(Full::new(Bytes::from(text)))
         .expect("valid response")
 }

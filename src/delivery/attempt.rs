@@ -56,7 +56,8 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let mut tcp = GuardedConnector::http(config.allow_private_networks);
-        tcp.inner_mut().set_connect_timeout(Some(config.connect_timeout));
+        tcp.inner_mut()
+            .set_connect_timeout(Some(config.connect_timeout));
         tcp.inner_mut().set_nodelay(true);
         tcp.inner_mut().set_keepalive(Some(Duration::from_secs(60)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -68,13 +69,24 @@ impl Client {
             .pool_max_idle_per_host(IDLE_PER_HOST)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(https);
-        let user_agent = HeaderValue::from_str(&format!("preflix-webhookd/{}", env!("CARGO_PKG_VERSION")))
-            .expect("the version is a valid header value");
-        Ok(Client { inner, timeout: config.timeout, user_agent })
+        let user_agent =
+            HeaderValue::from_str(&format!("preflix-webhookd/{}", env!("CARGO_PKG_VERSION")))
+                .expect("the version is a valid header value");
+        Ok(Client {
+            inner,
+            timeout: config.timeout,
+            user_agent,
+        })
     }
 
     /// Makes one attempt of `event` to `ep`, numbered `attempt`, signed at `now_secs`.
-    pub async fn attempt(&self, ep: &Endpoint, event: &Event, attempt: u32, now_secs: i64) -> Outcome {
+    pub async fn attempt(
+        &self,
+        ep: &Endpoint,
+        event: &Event,
+        attempt: u32,
+        now_secs: i64,
+    ) -> Outcome {
         let started = Instant::now();
         let request = match self.build(ep, event, attempt, now_secs) {
             Ok(r) => r,
@@ -82,7 +94,13 @@ impl Client {
         };
         let response = match tokio::time::timeout(self.timeout, self.inner.request(request)).await {
             Err(_) => {
-                return failed(format!("no response within {} ms (delivery.timeout)", self.timeout.as_millis()), started)
+                return failed(
+                    format!(
+                        "no response within {} ms (delivery.timeout)",
+                        self.timeout.as_millis()
+                    ),
+                    started,
+                )
             }
             Ok(Err(e)) => return failed(describe(&e), started),
             Ok(Ok(r)) => r,
@@ -94,8 +112,13 @@ impl Client {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let remaining = self.timeout.saturating_sub(duration).max(Duration::from_millis(100));
-        let snippet = tokio::time::timeout(remaining, read_snippet(response.into_body())).await.ok();
+        let remaining = self
+            .timeout
+            .saturating_sub(duration)
+            .max(Duration::from_millis(100));
+        let snippet = tokio::time::timeout(remaining, read_snippet(response.into_body()))
+            .await
+            .ok();
         Outcome {
             status_code: Some(status),
             retry_after,
@@ -105,7 +128,13 @@ impl Client {
         }
     }
 
-    fn build(&self, ep: &Endpoint, event: &Event, attempt: u32, now_secs: i64) -> Result<Request<Full<Bytes>>, String> {
+    fn build(
+        &self,
+        ep: &Endpoint,
+        event: &Event,
+        attempt: u32,
+        now_secs: i64,
+    ) -> Result<Request<Full<Bytes>>, String> {
         let secrets: Vec<Secret> = ep
             .live_secrets((now_secs.max(0) as u64) * 1000)
             .filter_map(|s| Secret::parse(s).ok())
@@ -120,15 +149,21 @@ impl Client {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, self.user_agent.clone());
         let headers = builder.headers_mut().expect("the builder has no error yet");
-        for (name, value) in signatures.into_headers(&event.id).map_err(|_| "the event id is not a valid header value".to_string())? {
+        for (name, value) in signatures
+            .into_headers(&event.id)
+            .map_err(|_| "the event id is not a valid header value".to_string())?
+        {
             headers.insert(name, value);
         }
-        let value = |text: &str| HeaderValue::from_str(text).map_err(|_| "a header value is invalid".to_string());
+        let value = |text: &str| {
+            HeaderValue::from_str(text).map_err(|_| "a header value is invalid".to_string())
+        };
         headers.insert("preflixai-event-id", value(&event.id)?);
         headers.insert("preflixai-event-type", value(&event.event_type)?);
         headers.insert("preflixai-attempt", HeaderValue::from(attempt));
         for (name, v) in &ep.headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| "a custom header name is invalid".to_string())?;
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| "a custom header name is invalid".to_string())?;
             headers.insert(name, value(v)?);
         }
         builder
@@ -160,7 +195,13 @@ async fn read_snippet(mut body: hyper::body::Incoming) -> String {
 }
 
 fn failed(error: String, started: Instant) -> Outcome {
-    Outcome { status_code: None, retry_after: None, error: Some(error), response_snippet: None, duration: started.elapsed() }
+    Outcome {
+        status_code: None,
+        retry_after: None,
+        error: Some(error),
+        response_snippet: None,
+        duration: started.elapsed(),
+    }
 }
 
 /// A sentence for the attempt log from a client error: the guard's refusal, or the deepest cause.
@@ -174,6 +215,10 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         deepest = s.to_string();
         source = s.source();
     }
-    let kind = if e.is_connect() { "connection failed" } else { "request failed" };
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
     format!("{kind}: {deepest}")
 }

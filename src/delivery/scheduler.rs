@@ -51,7 +51,11 @@ struct EndpointRun {
 
 impl SchedulerHandle {
     pub fn is_in_flight(&self, delivery_seq: u64) -> bool {
-        self.shared.claimed.lock().expect("claims lock is never poisoned").contains(&delivery_seq)
+        self.shared
+            .claimed
+            .lock()
+            .expect("claims lock is never poisoned")
+            .contains(&delivery_seq)
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -60,7 +64,12 @@ impl SchedulerHandle {
 
     /// Pending deliveries of an endpoint that are not under way.
     pub fn endpoint_pending(&self, num: u64) -> u64 {
-        let store = self.shared.store.lock().expect("store lock is never poisoned").clone();
+        let store = self
+            .shared
+            .store
+            .lock()
+            .expect("store lock is never poisoned")
+            .clone();
         let pending = store.map(|s| s.endpoint_pending(num)).unwrap_or(0);
         let running = self
             .shared
@@ -74,7 +83,12 @@ impl SchedulerHandle {
 
     /// The due time of the oldest waiting delivery, looking at the head of each endpoint's queue.
     pub fn oldest_due_ms(&self) -> Option<u64> {
-        let store = self.shared.store.lock().expect("store lock is never poisoned").clone()?;
+        let store = self
+            .shared
+            .store
+            .lock()
+            .expect("store lock is never poisoned")
+            .clone()?;
         store
             .endpoints()
             .iter()
@@ -102,7 +116,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Scheduler, String> {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Scheduler, String> {
         let client = Client::new(&config.delivery)?;
         let policy = Arc::new(RetryPolicy {
             schedule: config.retry.schedule.clone(),
@@ -110,8 +128,20 @@ impl Scheduler {
             max_retry_after: config.retry.max_retry_after,
         });
         let handle = SchedulerHandle::default();
-        *handle.shared.store.lock().expect("store lock is never poisoned") = Some(store.clone());
-        Ok(Scheduler { store, config, client, metrics, handle, policy, round: AtomicU64::new(0) })
+        *handle
+            .shared
+            .store
+            .lock()
+            .expect("store lock is never poisoned") = Some(store.clone());
+        Ok(Scheduler {
+            store,
+            config,
+            client,
+            metrics,
+            handle,
+            policy,
+            round: AtomicU64::new(0),
+        })
     }
 
     pub fn handle(&self) -> SchedulerHandle {
@@ -124,11 +154,16 @@ impl Scheduler {
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
         loop {
-            this.handle.shared.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+            this.handle
+                .shared
+                .heartbeat_ms
+                .store(now_ms(), Ordering::Relaxed);
             let next_due = this.dispatch(&mut tasks);
             while tasks.try_join_next().is_some() {}
             let sleep = match next_due {
-                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())).min(Duration::from_secs(1)),
+                Some(due) => {
+                    Duration::from_millis(due.saturating_sub(now_ms())).min(Duration::from_secs(1))
+                }
                 None => Duration::from_secs(1),
             };
             tokio::select! {
@@ -140,11 +175,18 @@ impl Scheduler {
         }
         let grace = this.config.server.shutdown_grace;
         let running = tasks.len();
-        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         match drained {
-            Ok(()) => tracing::info!(attempts = running, "scheduler stopped; attempts under way finished"),
+            Ok(()) => tracing::info!(
+                attempts = running,
+                "scheduler stopped; attempts under way finished"
+            ),
             Err(_) => {
-                tracing::warn!(cut_off = tasks.len(), "shutdown grace over; attempts cut off will be made again after restart");
+                tracing::warn!(
+                    cut_off = tasks.len(),
+                    "shutdown grace over; attempts cut off will be made again after restart"
+                );
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
             }
@@ -198,14 +240,25 @@ impl Scheduler {
 
     /// How many attempts this endpoint may start now, and when it may start more if none.
     fn room(&self, ep: &Endpoint, now: u64) -> (usize, Option<u64>) {
-        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        let mut runs = self
+            .handle
+            .shared
+            .per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned");
         let run = runs.entry(ep.num).or_default();
-        let limit = if ep.ordered { 1 } else { ep.max_in_flight.max(1) };
+        let limit = if ep.ordered {
+            1
+        } else {
+            ep.max_in_flight.max(1)
+        };
         let mut room = limit.saturating_sub(run.in_flight) as usize;
         if let Some(rate) = ep.rate_limit_per_second {
             let rate = f64::from(rate.max(1));
             let at = Instant::now();
-            let elapsed = run.refilled.map_or(1.0, |t| at.duration_since(t).as_secs_f64());
+            let elapsed = run
+                .refilled
+                .map_or(1.0, |t| at.duration_since(t).as_secs_f64());
             run.tokens = (run.tokens + elapsed * rate).min(rate);
             run.refilled = Some(at);
             let whole = run.tokens.floor() as usize;
@@ -238,10 +291,17 @@ impl Scheduler {
         // releases its claim only after its outcome is committed, so an entry read here is either
         // still claimed or already settled. Checked after the read, an attempt could settle and
         // release in between, and its delivery would be sent again.
-        let claimed = self.handle.shared.claimed.lock().expect("claims lock is never poisoned");
+        let claimed = self
+            .handle
+            .shared
+            .claimed
+            .lock()
+            .expect("claims lock is never poisoned");
         if ep.ordered {
             // Only the head may go, and only when nothing of this endpoint is under way.
-            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else { return Ok(vec![]) };
+            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else {
+                return Ok(vec![]);
+            };
             if claimed.contains(&head.delivery_seq) {
                 return Ok(vec![]);
             }
@@ -252,7 +312,9 @@ impl Scheduler {
             }
             return Ok(vec![head.delivery_seq]);
         }
-        let entries = self.store.queue_entries(ep.num, now, room + in_flight_here)?;
+        let entries = self
+            .store
+            .queue_entries(ep.num, now, room + in_flight_here)?;
         let due: Vec<u64> = entries
             .iter()
             .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
@@ -269,9 +331,19 @@ impl Scheduler {
     }
 
     fn claim(&self, ep: &Endpoint, seq: u64) {
-        self.handle.shared.claimed.lock().expect("claims lock is never poisoned").insert(seq);
+        self.handle
+            .shared
+            .claimed
+            .lock()
+            .expect("claims lock is never poisoned")
+            .insert(seq);
         self.handle.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        let mut runs = self
+            .handle
+            .shared
+            .per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned");
         let run = runs.entry(ep.num).or_default();
         run.in_flight += 1;
         if ep.rate_limit_per_second.is_some() {
@@ -280,9 +352,19 @@ impl Scheduler {
     }
 
     fn release(&self, endpoint_num: u64, seq: u64) {
-        self.handle.shared.claimed.lock().expect("claims lock is never poisoned").remove(&seq);
+        self.handle
+            .shared
+            .claimed
+            .lock()
+            .expect("claims lock is never poisoned")
+            .remove(&seq);
         self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let mut runs = self.handle.shared.per_endpoint.lock().expect("endpoint lock is never poisoned");
+        let mut runs = self
+            .handle
+            .shared
+            .per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned");
         if let Some(run) = runs.get_mut(&endpoint_num) {
             run.in_flight = run.in_flight.saturating_sub(1);
         }
@@ -304,9 +386,18 @@ impl Scheduler {
         }
     }
 
-    async fn attempt_and_settle(&self, ep: &Endpoint, seq: u64) -> Result<(), crate::store::StoreError> {
-        let Some(delivery) = self.store.delivery(seq)? else { return Ok(()) };
-        let Some(event) = self.store.event(delivery.event_seq)? else { return Ok(()) };
+    async fn attempt_and_settle(
+        &self,
+        ep: &Endpoint,
+        seq: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(delivery) = self.store.delivery(seq)? else {
+            return Ok(());
+        };
+        let Some(event) = self.store.event(delivery.event_seq)? else {
+            // The event was purged under it: nothing can be sent, so the delivery leaves the queue.
+            return self.store.cancel_delivery(seq).await;
+        };
         let n = delivery.attempts.len() as u32 + 1;
         let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);
         let started_ms = now_ms();
@@ -321,11 +412,20 @@ impl Scheduler {
             tracing::debug!(status = ?outcome.status_code, error = ?outcome.error, ms = outcome.duration.as_millis() as u64, "attempt finished")
         });
         let result = match outcome.status_code {
-            Some(code) => AttemptResult::Status { code, retry_after: outcome.retry_after.clone() },
+            Some(code) => AttemptResult::Status {
+                code,
+                retry_after: outcome.retry_after.clone(),
+            },
             None => AttemptResult::Failed,
         };
         let in_round = delivery.attempts_in_round() + 1;
-        let decision = retry::decide(&self.policy, in_round, &result, now_ms(), rand::random::<f64>());
+        let decision = retry::decide(
+            &self.policy,
+            in_round,
+            &result,
+            now_ms(),
+            rand::random::<f64>(),
+        );
         let outcome_kind = match decision {
             Decision::Succeeded => SettleOutcome::Succeeded,
             Decision::Retry { at_ms } => SettleOutcome::Retry { at_ms },
@@ -348,7 +448,12 @@ impl Scheduler {
         };
         let disable_after_ms = self.config.endpoints.disable_after.as_millis() as u64;
         self.store
-            .settle(Settlement { delivery_seq: seq, attempt, outcome: outcome_kind, disable_after_ms })
+            .settle(Settlement {
+                delivery_seq: seq,
+                attempt,
+                outcome: outcome_kind,
+                disable_after_ms,
+            })
             .await
     }
 }

@@ -1,8 +1,6 @@
 //! How records and keys become bytes: a version byte plus bincode for values, big-endian numbers for keys.
 
-use crate::model::{
-    DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord,
-};
+use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
 use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -38,7 +36,10 @@ pub trait Record: Serialize + DeserializeOwned {
                 Self::NAME,
                 Self::VERSION
             ))),
-            None => Err(StoreError::Corrupt(format!("{} record is empty", Self::NAME))),
+            None => Err(StoreError::Corrupt(format!(
+                "{} record is empty",
+                Self::NAME
+            ))),
         }
     }
 }
@@ -112,7 +113,11 @@ pub fn queue_key(endpoint_num: u64, sort: u64, delivery_seq: u64) -> [u8; 24] {
 
 /// Splits a queue key into (endpoint, sort, delivery).
 pub fn split_queue_key(key: &[u8]) -> (u64, u64, u64) {
-    (read_u64(&key[..8]), read_u64(&key[8..16]), read_u64(&key[16..24]))
+    (
+        read_u64(&key[..8]),
+        read_u64(&key[8..16]),
+        read_u64(&key[16..24]),
+    )
 }
 
 #[cfg(test)]
@@ -158,14 +163,20 @@ mod tests {
     #[test]
     fn golden_event() {
         let bytes = sample_event().encode();
-        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        assert_eq!(
+            hex(&bytes),
+            include_str!("../../tests/fixtures/golden/event.v1.hex").trim()
+        );
         assert_eq!(Event::decode(&bytes).unwrap(), sample_event());
     }
 
     #[test]
     fn golden_delivery() {
         let bytes = sample_delivery().encode();
-        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/delivery.v1.hex").trim());
+        assert_eq!(
+            hex(&bytes),
+            include_str!("../../tests/fixtures/golden/delivery.v1.hex").trim()
+        );
         assert_eq!(Delivery::decode(&bytes).unwrap(), sample_delivery());
     }
 
@@ -185,16 +196,26 @@ mod tests {
             enabled: true,
             disabled_reason: None,
             created_at_ms: 1,
-            secrets: vec![EndpointSecret { secret: "whsec_AAAA".into(), expires_at_ms: Some(5) }],
+            secrets: vec![EndpointSecret {
+                secret: "whsec_AAAA".into(),
+                expires_at_ms: Some(5),
+            }],
         };
         let bytes = ep.encode();
-        assert_eq!(hex(&bytes), include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim());
+        assert_eq!(
+            hex(&bytes),
+            include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim()
+        );
         assert_eq!(Endpoint::decode(&bytes).unwrap(), ep);
     }
 
     #[test]
     fn golden_small_records() {
-        let id = EventIdRecord { event_seq: 7, content_hash: [1; 32], deliveries: 2 };
+        let id = EventIdRecord {
+            event_seq: 7,
+            content_hash: [1; 32],
+            deliveries: 2,
+        };
         let health = EndpointHealth {
             consecutive_failures: 3,
             last_status_code: Some(503),
@@ -220,7 +241,10 @@ mod tests {
             hex(&health.encode()),
             hex(&dl.encode())
         );
-        assert_eq!(all, include_str!("../../tests/fixtures/golden/small.v1.hex"));
+        assert_eq!(
+            all,
+            include_str!("../../tests/fixtures/golden/small.v1.hex")
+        );
         assert_eq!(EventIdRecord::decode(&id.encode()).unwrap(), id);
         assert_eq!(EndpointHealth::decode(&health.encode()).unwrap(), health);
         assert_eq!(DeadLetter::decode(&dl.encode()).unwrap(), dl);
@@ -230,7 +254,9 @@ mod tests {
     fn decode_refuses_unknown_versions_truncation_and_huge_lengths() {
         let mut bytes = sample_event().encode();
         bytes[0] = 9;
-        assert!(matches!(Event::decode(&bytes), Err(StoreError::Corrupt(m)) if m.contains("version 9")));
+        assert!(
+            matches!(Event::decode(&bytes), Err(StoreError::Corrupt(m)) if m.contains("version 9"))
+        );
         let bytes = sample_event().encode();
         assert!(Event::decode(&bytes[..bytes.len() - 3]).is_err());
         assert!(Event::decode(&[]).is_err());

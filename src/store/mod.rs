@@ -154,15 +154,17 @@ impl Store {
         };
         match trees.meta.get("schema")? {
             None => {
-                trees.meta.insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
+                trees
+                    .meta
+                    .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
             }
             Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
-                    "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
-                    dir.display(),
-                    codec::read_u64(&v)
-                )))
+                "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
+                dir.display(),
+                codec::read_u64(&v)
+            )))
             }
         }
         let mut endpoints = BTreeMap::new();
@@ -175,11 +177,16 @@ impl Store {
             Some(v) => Counters::decode(&v)?,
             None => Counters::default(),
         };
-        let next_id = trees.meta.get("next_id")?.map_or(0, |v| codec::read_u64(&v));
+        let next_id = trees
+            .meta
+            .get("next_id")?
+            .map_or(0, |v| codec::read_u64(&v));
         let mut endpoint_pending = std::collections::HashMap::new();
         for item in trees.queue.iter().keys() {
             let key = item?;
-            *endpoint_pending.entry(codec::read_u64(&key[..8])).or_insert(0u64) += 1;
+            *endpoint_pending
+                .entry(codec::read_u64(&key[..8]))
+                .or_insert(0u64) += 1;
         }
         let state = Arc::new(State {
             db,
@@ -191,7 +198,13 @@ impl Store {
             wake: Arc::new(tokio::sync::Notify::new()),
         });
         let writer = writer::start(state.clone(), dir)?;
-        Ok(Store { inner: Arc::new(Inner { state, dir: dir.to_path_buf(), writer }) })
+        Ok(Store {
+            inner: Arc::new(Inner {
+                state,
+                dir: dir.to_path_buf(),
+                writer,
+            }),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -209,7 +222,12 @@ impl Store {
     }
 
     pub fn counters(&self) -> Counters {
-        *self.inner.state.counters.lock().expect("counters lock is never poisoned")
+        *self
+            .inner
+            .state
+            .counters
+            .lock()
+            .expect("counters lock is never poisoned")
     }
 
     /// Runs `op` inside the next group transaction; with `durable`, answers only once it is on stable storage.
@@ -240,7 +258,12 @@ impl Store {
 
     /// Pending deliveries (including those in flight) of one endpoint.
     pub fn endpoint_pending(&self, num: u64) -> u64 {
-        let pending = self.inner.state.endpoint_pending.lock().expect("pending lock is never poisoned");
+        let pending = self
+            .inner
+            .state
+            .endpoint_pending
+            .lock()
+            .expect("pending lock is never poisoned");
         pending.get(&num).copied().unwrap_or(0)
     }
 
@@ -278,7 +301,13 @@ impl Store {
     /// The deliveries of one event, oldest first.
     pub fn event_deliveries(&self, event_seq: u64) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.state.trees.event_deliveries.scan_prefix(codec::u64_key(event_seq)) {
+        for item in self
+            .inner
+            .state
+            .trees
+            .event_deliveries
+            .scan_prefix(codec::u64_key(event_seq))
+        {
             let (key, _) = item?;
             if let Some(d) = self.delivery(codec::read_u64(&key[8..]))? {
                 out.push(d);
@@ -290,7 +319,13 @@ impl Store {
     /// Events received at or after `since_ms`, in reception order, starting after event seq `after`.
     pub fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.state.trees.events.range(codec::u64_key(after.saturating_add(1))..) {
+        for item in self
+            .inner
+            .state
+            .trees
+            .events
+            .range(codec::u64_key(after.saturating_add(1))..)
+        {
             let (_, v) = item?;
             out.push(Event::decode(&v)?);
             if out.len() >= limit {
@@ -312,7 +347,13 @@ impl Store {
         mut keep: impl FnMut(&DeadLetter) -> bool,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.state.trees.dead_letters.range(codec::u64_key(after.saturating_add(1))..) {
+        for item in self
+            .inner
+            .state
+            .trees
+            .dead_letters
+            .range(codec::u64_key(after.saturating_add(1))..)
+        {
             let (_, v) = item?;
             let dl = DeadLetter::decode(&v)?;
             if keep(&dl) {
@@ -338,7 +379,10 @@ impl Store {
         for item in self.inner.state.trees.queue.range(start..=end) {
             let (key, value) = item?;
             let (_, _, delivery_seq) = codec::split_queue_key(&key);
-            out.push(QueueEntry { delivery_seq, due_ms: codec::read_u64(&value) });
+            out.push(QueueEntry {
+                delivery_seq,
+                due_ms: codec::read_u64(&value),
+            });
             if out.len() >= limit {
                 break;
             }
@@ -347,9 +391,20 @@ impl Store {
     }
 
     /// Up to `limit` queue entries of an endpoint as (sort, delivery seq, due).
-    pub(crate) fn queue_entries_raw(&self, endpoint_num: u64, limit: usize) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    pub(crate) fn queue_entries_raw(
+        &self,
+        endpoint_num: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.inner.state.trees.queue.scan_prefix(codec::u64_key(endpoint_num)).take(limit) {
+        for item in self
+            .inner
+            .state
+            .trees
+            .queue
+            .scan_prefix(codec::u64_key(endpoint_num))
+            .take(limit)
+        {
             let (key, value) = item?;
             let (_, sort, seq) = codec::split_queue_key(&key);
             out.push((sort, seq, codec::read_u64(&value)));
@@ -358,21 +413,32 @@ impl Store {
     }
 
     /// The first queue entry of an endpoint with a sort position of at least `min_sort`.
-    pub fn first_queue_entry(&self, endpoint_num: u64, min_sort: u64) -> Result<Option<QueueEntry>, StoreError> {
+    pub fn first_queue_entry(
+        &self,
+        endpoint_num: u64,
+        min_sort: u64,
+    ) -> Result<Option<QueueEntry>, StoreError> {
         let start = codec::queue_key(endpoint_num, min_sort, 0);
         let end = codec::queue_key(endpoint_num, u64::MAX, u64::MAX);
         match self.inner.state.trees.queue.range(start..=end).next() {
             Some(item) => {
                 let (key, value) = item?;
                 let (_, _, delivery_seq) = codec::split_queue_key(&key);
-                Ok(Some(QueueEntry { delivery_seq, due_ms: codec::read_u64(&value) }))
+                Ok(Some(QueueEntry {
+                    delivery_seq,
+                    due_ms: codec::read_u64(&value),
+                }))
             }
             None => Ok(None),
         }
     }
 
     fn read_endpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Endpoint>>> {
-        self.inner.state.endpoints.read().expect("endpoint cache lock is never poisoned")
+        self.inner
+            .state
+            .endpoints
+            .read()
+            .expect("endpoint cache lock is never poisoned")
     }
 }
 

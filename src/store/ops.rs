@@ -4,9 +4,17 @@ use super::codec::{pair_key, queue_key, u64_key};
 use super::writer::{TreeId, Tx, TxResult};
 use super::{Store, StoreError};
 use crate::model::{
-    Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Environment,
-    Event, EventIdRecord,
+    Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth,
+    Environment, Event, EventIdRecord,
 };
+
+/// The `meta` key that records when deliveries were last added to a stored event.
+fn redelivered_key(event_seq: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = b'r';
+    key[1..].copy_from_slice(&event_seq.to_be_bytes());
+    key
+}
 
 /// How many queue entries one transaction of a chunked change handles.
 const CHUNK: usize = 1000;
@@ -53,13 +61,20 @@ pub enum SettleOutcome {
 impl Store {
     /// Stores new events with one pending delivery per matching endpoint, durably.
     pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
-        self.write(true, move |tx| events.iter().map(|ev| ingest_one(tx, ev)).collect()).await
+        self.write(true, move |tx| {
+            events.iter().map(|ev| ingest_one(tx, ev)).collect()
+        })
+        .await
     }
 
     pub async fn create_endpoint(&self, mut endpoint: Endpoint) -> Result<Endpoint, StoreError> {
         self.write(true, move |tx| {
             endpoint.num = tx.generate_id()?;
-            tx.put(TreeId::Health, &u64_key(endpoint.num), &EndpointHealth::default())?;
+            tx.put(
+                TreeId::Health,
+                &u64_key(endpoint.num),
+                &EndpointHealth::default(),
+            )?;
             tx.put_endpoint(endpoint.clone())?;
             Ok(endpoint.clone())
         })
@@ -67,13 +82,19 @@ impl Store {
     }
 
     /// Changes an endpoint with `change`; `None` when it does not exist.
-    pub async fn update_endpoint<F>(&self, num: u64, change: F) -> Result<Option<Endpoint>, StoreError>
+    pub async fn update_endpoint<F>(
+        &self,
+        num: u64,
+        change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
     where
         F: Fn(&mut Endpoint) + Send + 'static,
     {
         let updated = self
             .write(true, move |tx| {
-                let Some(old) = tx.endpoint(num) else { return Ok(None) };
+                let Some(old) = tx.endpoint(num) else {
+                    return Ok(None);
+                };
                 let mut ep = (*old).clone();
                 change(&mut ep);
                 if ep.enabled && !old.enabled {
@@ -83,7 +104,9 @@ impl Store {
                 Ok(Some((ep, old.ordered)))
             })
             .await?;
-        let Some((ep, was_ordered)) = updated else { return Ok(None) };
+        let Some((ep, was_ordered)) = updated else {
+            return Ok(None);
+        };
         if ep.ordered != was_ordered {
             self.requeue_endpoint(num).await?;
         }
@@ -94,7 +117,9 @@ impl Store {
     /// New entries already take the new form, so this ends.
     async fn requeue_endpoint(&self, num: u64) -> Result<(), StoreError> {
         loop {
-            let Some(ep) = self.endpoint(num) else { return Ok(()) };
+            let Some(ep) = self.endpoint(num) else {
+                return Ok(());
+            };
             let wrong: Vec<(u64, u64, u64)> = self
                 .queue_entries_raw(num, CHUNK)?
                 .into_iter()
@@ -104,7 +129,9 @@ impl Store {
                 return Ok(());
             }
             self.write(true, move |tx| {
-                let Some(ep) = tx.endpoint(num) else { return Ok(()) };
+                let Some(ep) = tx.endpoint(num) else {
+                    return Ok(());
+                };
                 for &(sort, seq, due) in &wrong {
                     let key = queue_key(num, sort, seq);
                     if tx.get_raw(TreeId::Queue, &key)?.is_some() {
@@ -160,11 +187,15 @@ impl Store {
         self.write(true, move |tx| {
             let mut n = 0;
             for &(event_seq, endpoint_num) in &pairs {
-                let Some(ep) = tx.endpoint(endpoint_num) else { continue };
+                let Some(ep) = tx.endpoint(endpoint_num) else {
+                    continue;
+                };
                 if tx.get_raw(TreeId::Events, &u64_key(event_seq))?.is_none() {
                     continue;
                 }
                 add_delivery(tx, event_seq, &ep, now_ms)?;
+                // Tells a retention pass that scanned this event earlier to leave it alone.
+                tx.put_raw(TreeId::Meta, &redelivered_key(event_seq), &u64_key(now_ms))?;
                 n += 1;
             }
             Ok(n)
@@ -207,6 +238,7 @@ impl Store {
         limit: usize,
     ) -> Result<(u32, u32), StoreError> {
         // Candidates are read outside the transaction (sled cannot scan inside one) and checked again inside.
+        let scanned_at = crate::api::now_ms();
         let mut events = Vec::new();
         for ev in self.events_from(0, limit * 4)? {
             if ev.received_at_ms >= before_ms || events.len() >= limit {
@@ -214,7 +246,11 @@ impl Store {
             }
             let deliveries = self.event_deliveries(ev.seq)?;
             if deliveries.iter().all(|d| d.status.is_final()) {
-                events.push((ev.seq, ev.id, deliveries.iter().map(|d| d.seq).collect::<Vec<_>>()));
+                events.push((
+                    ev.seq,
+                    ev.id,
+                    deliveries.iter().map(|d| d.seq).collect::<Vec<_>>(),
+                ));
             }
         }
         let dead: Vec<u64> = self
@@ -226,14 +262,22 @@ impl Store {
         if events.is_empty() && dead.is_empty() {
             return Ok((0, 0));
         }
-        self.write(false, move |tx| purge(tx, &events, &dead)).await
+        self.write(false, move |tx| purge(tx, &events, &dead, scanned_at))
+            .await
+    }
+
+    /// Cancels one pending delivery (its event or endpoint is gone).
+    pub async fn cancel_delivery(&self, seq: u64) -> Result<(), StoreError> {
+        self.write(false, move |tx| cancel(tx, seq, 0)).await
     }
 }
 
 fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
     if let Some(rec) = tx.get::<EventIdRecord>(TreeId::EventIds, ev.id.as_bytes())? {
         return Ok(if rec.content_hash == ev.content_hash {
-            IngestOutcome::Duplicate { deliveries: rec.deliveries }
+            IngestOutcome::Duplicate {
+                deliveries: rec.deliveries,
+            }
         } else {
             IngestOutcome::Conflict
         });
@@ -263,7 +307,11 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
         content_hash: ev.content_hash,
     };
     tx.put(TreeId::Events, &u64_key(seq), &event)?;
-    let rec = EventIdRecord { event_seq: seq, content_hash: ev.content_hash, deliveries };
+    let rec = EventIdRecord {
+        event_seq: seq,
+        content_hash: ev.content_hash,
+        deliveries,
+    };
     tx.put(TreeId::EventIds, ev.id.as_bytes(), &rec)?;
     tx.counters().events += 1;
     Ok(IngestOutcome::Accepted { deliveries })
@@ -294,7 +342,11 @@ fn add_delivery(tx: &Tx<'_>, event_seq: u64, ep: &Endpoint, now_ms: u64) -> TxRe
 
 fn enqueue(tx: &Tx<'_>, ep: &Endpoint, delivery_seq: u64, due_ms: u64) -> TxResult<()> {
     let sort = if ep.ordered { 0 } else { due_ms };
-    tx.put_raw(TreeId::Queue, &queue_key(ep.num, sort, delivery_seq), &u64_key(due_ms))?;
+    tx.put_raw(
+        TreeId::Queue,
+        &queue_key(ep.num, sort, delivery_seq),
+        &u64_key(due_ms),
+    )?;
     tx.wake_scheduler();
     Ok(())
 }
@@ -347,8 +399,9 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
     let was_retrying = d.attempts_in_round() > 0;
     d.attempts.push(s.attempt.clone());
     let now = s.attempt.at_ms;
-    let mut health: EndpointHealth =
-        tx.get(TreeId::Health, &u64_key(ep.num))?.unwrap_or_default();
+    let mut health: EndpointHealth = tx
+        .get(TreeId::Health, &u64_key(ep.num))?
+        .unwrap_or_default();
     health.last_status_code = s.attempt.status_code;
     let mut disable = None;
     match s.outcome {
@@ -448,7 +501,9 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
     let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(dl.delivery_seq))? else {
         return Ok(true);
     };
-    let Some(ep) = tx.endpoint(d.endpoint_num) else { return Ok(true) };
+    let Some(ep) = tx.endpoint(d.endpoint_num) else {
+        return Ok(true);
+    };
     if d.status != DeliveryStatus::Dead {
         return Ok(true);
     }
@@ -464,9 +519,21 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
 
 /// Removes events (with their deliveries and id records) and dead letters found by [`Store::purge`],
 /// skipping any that changed since.
-fn purge(tx: &Tx<'_>, events: &[(u64, String, Vec<u64>)], dead: &[u64]) -> TxResult<(u32, u32)> {
+fn purge(
+    tx: &Tx<'_>,
+    events: &[(u64, String, Vec<u64>)],
+    dead: &[u64],
+    scanned_at: u64,
+) -> TxResult<(u32, u32)> {
     let mut purged = 0u32;
     'events: for (event_seq, id, deliveries) in events {
+        // Deliveries added since the scan (redeliver, recover) are not in `deliveries`: skip such events.
+        if let Some(at) = tx.get_raw(TreeId::Meta, &redelivered_key(*event_seq))? {
+            if super::codec::read_u64(&at) >= scanned_at {
+                continue;
+            }
+            tx.remove(TreeId::Meta, &redelivered_key(*event_seq))?;
+        }
         for &dseq in deliveries {
             let d: Option<Delivery> = tx.get(TreeId::Deliveries, &u64_key(dseq))?;
             if d.is_some_and(|d| !d.status.is_final()) {
@@ -491,4 +558,3 @@ fn purge(tx: &Tx<'_>, events: &[(u64, String, Vec<u64>)], dead: &[u64]) -> TxRes
     }
     Ok((purged, removed))
 }
-

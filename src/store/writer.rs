@@ -50,7 +50,9 @@ pub struct Tx<'a> {
 impl Tx<'_> {
     pub fn get<T: Record>(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<T>> {
         match self.trees[tree as usize].get(key)? {
-            Some(v) => T::decode(&v).map(Some).map_err(ConflictableTransactionError::Abort),
+            Some(v) => T::decode(&v)
+                .map(Some)
+                .map_err(ConflictableTransactionError::Abort),
             None => Ok(None),
         }
     }
@@ -99,12 +101,21 @@ impl Tx<'_> {
             return Some(ep.clone());
         }
         drop(fx);
-        self.state.endpoints.read().expect("endpoint cache lock is never poisoned").get(&num).cloned()
+        self.state
+            .endpoints
+            .read()
+            .expect("endpoint cache lock is never poisoned")
+            .get(&num)
+            .cloned()
     }
 
     /// Every endpoint as this group sees it.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        let cache = self.state.endpoints.read().expect("endpoint cache lock is never poisoned");
+        let cache = self
+            .state
+            .endpoints
+            .read()
+            .expect("endpoint cache lock is never poisoned");
         let fx = self.effects.borrow();
         let mut out: Vec<Arc<Endpoint>> = cache
             .values()
@@ -122,13 +133,21 @@ impl Tx<'_> {
     }
 
     /// Calls `f` for each endpoint that matches, without cloning the list.
-    pub fn for_matching_endpoints(&self, mut f: impl FnMut(&Endpoint) -> TxResult<()>, keep: impl Fn(&Endpoint) -> bool) -> TxResult<()> {
+    pub fn for_matching_endpoints(
+        &self,
+        mut f: impl FnMut(&Endpoint) -> TxResult<()>,
+        keep: impl Fn(&Endpoint) -> bool,
+    ) -> TxResult<()> {
         let fx_empty = {
             let fx = self.effects.borrow();
             fx.upserted_endpoints.is_empty() && fx.removed_endpoints.is_empty()
         };
         if fx_empty {
-            let cache = self.state.endpoints.read().expect("endpoint cache lock is never poisoned");
+            let cache = self
+                .state
+                .endpoints
+                .read()
+                .expect("endpoint cache lock is never poisoned");
             for ep in cache.values() {
                 if keep(ep) {
                     f(ep)?;
@@ -163,14 +182,18 @@ impl Tx<'_> {
 
     /// Notes that an endpoint's queue grew or shrank by `delta` deliveries.
     pub fn pending_delta(&self, endpoint_num: u64, delta: i64) {
-        *self.effects.borrow_mut().pending.entry(endpoint_num).or_insert(0) += delta;
+        *self
+            .effects
+            .borrow_mut()
+            .pending
+            .entry(endpoint_num)
+            .or_insert(0) += delta;
     }
 
     /// Wakes the scheduler once the group commits.
     pub fn wake_scheduler(&self) {
         self.effects.borrow_mut().wake = true;
     }
-
 }
 
 pub(super) struct WriterHandle {
@@ -189,7 +212,10 @@ impl WriterHandle {
             durable,
             run: Box::new(move |tx| op(tx).map(|r| Box::new(r) as Box<dyn Any + Send>)),
             reply: Box::new(move |result| {
-                let result = result.map(|b| *b.downcast::<R>().expect("a change's result has its own type"));
+                let result = result.map(|b| {
+                    *b.downcast::<R>()
+                        .expect("a change's result has its own type")
+                });
                 let _ = reply_tx.send(result);
             }),
         };
@@ -203,8 +229,12 @@ impl WriterHandle {
 
     /// Lets the writer finish what is queued, then waits for both threads.
     pub fn stop(&self) {
-        self.sender.lock().expect("writer lock is never poisoned").take();
-        let threads = std::mem::take(&mut *self.threads.lock().expect("writer lock is never poisoned"));
+        self.sender
+            .lock()
+            .expect("writer lock is never poisoned")
+            .take();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().expect("writer lock is never poisoned"));
         for t in threads {
             let _ = t.join();
         }
@@ -248,7 +278,10 @@ pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, Store
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer_loop(&state, &receiver, &sync_tx))?;
-    Ok(WriterHandle { sender: Mutex::new(Some(sender)), threads: Mutex::new(vec![writer, syncer]) })
+    Ok(WriterHandle {
+        sender: Mutex::new(Some(sender)),
+        threads: Mutex::new(vec![writer, syncer]),
+    })
 }
 
 fn writer_loop(
@@ -314,7 +347,10 @@ fn finish(
 
 /// Runs the changes in one transaction and, once it commits, applies their effects.
 fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
-    let committed = *state.counters.lock().expect("counters lock is never poisoned");
+    let committed = *state
+        .counters
+        .lock()
+        .expect("counters lock is never poisoned");
     let committed_id = state.next_id.load(std::sync::atomic::Ordering::Relaxed);
     let effects = RefCell::new(Effects {
         counters: committed,
@@ -336,7 +372,11 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
             fx.next_id = committed_id;
             fx.wake = false;
         }
-        let tx = Tx { trees: t, state, effects: &effects };
+        let tx = Tx {
+            trees: t,
+            state,
+            effects: &effects,
+        };
         let mut runs = runs.borrow_mut();
         let mut out = Vec::with_capacity(runs.len());
         for run in runs.iter_mut() {
@@ -360,10 +400,18 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
     };
     let fx = effects.into_inner();
-    *state.counters.lock().expect("counters lock is never poisoned") = fx.counters;
-    state.next_id.store(fx.next_id, std::sync::atomic::Ordering::Relaxed);
+    *state
+        .counters
+        .lock()
+        .expect("counters lock is never poisoned") = fx.counters;
+    state
+        .next_id
+        .store(fx.next_id, std::sync::atomic::Ordering::Relaxed);
     if !fx.upserted_endpoints.is_empty() || !fx.removed_endpoints.is_empty() {
-        let mut cache = state.endpoints.write().expect("endpoint cache lock is never poisoned");
+        let mut cache = state
+            .endpoints
+            .write()
+            .expect("endpoint cache lock is never poisoned");
         for ep in fx.upserted_endpoints {
             cache.insert(ep.num, ep);
         }
@@ -372,14 +420,21 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         }
     }
     if !fx.pending.is_empty() {
-        let mut pending = state.endpoint_pending.lock().expect("pending lock is never poisoned");
+        let mut pending = state
+            .endpoint_pending
+            .lock()
+            .expect("pending lock is never poisoned");
         for (num, delta) in fx.pending {
             let n = pending.entry(num).or_insert(0);
             *n = n.saturating_add_signed(delta);
         }
     }
     for num in &fx.removed_endpoints {
-        state.endpoint_pending.lock().expect("pending lock is never poisoned").remove(num);
+        state
+            .endpoint_pending
+            .lock()
+            .expect("pending lock is never poisoned")
+            .remove(num);
     }
     if fx.wake {
         state.wake.notify_one();

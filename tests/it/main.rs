@@ -1,11 +1,11 @@
 //! Integration tests: one test binary, a module per area, real daemons on 127.0.0.1:0 and real receivers.
 
-mod support;
-mod smoke;
-mod intake;
-mod config;
-mod partner;
 mod cli;
-mod delivery;
+mod config;
 mod crash;
+mod delivery;
+mod intake;
 mod operate;
+mod partner;
+mod smoke;
+mod support;

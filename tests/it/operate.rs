@@ -13,13 +13,31 @@ async fn status_and_metrics_follow_activity() {
     bad.set_default(Answer::status(500));
     let daemon = TestDaemon::start_with(|c| c.retry.schedule = vec![Duration::from_secs(60)]).await;
     let c = daemon.client();
-    let good_ep = c.create_endpoint("p1", "sandbox", &ok.url("/"), &["*"]).await;
-    let bad_ep = c.create_endpoint("p2", "sandbox", &bad.url("/"), &["*"]).await;
+    let good_ep = c
+        .create_endpoint("p1", "sandbox", &ok.url("/"), &["*"])
+        .await;
+    let bad_ep = c
+        .create_endpoint("p2", "sandbox", &bad.url("/"), &["*"])
+        .await;
     for i in 0..3 {
-        c.post_event("p1", "sandbox", &format!("ok_{i}"), "bill.created", json!({})).await;
+        c.post_event(
+            "p1",
+            "sandbox",
+            &format!("ok_{i}"),
+            "bill.created",
+            json!({}),
+        )
+        .await;
     }
     for i in 0..2 {
-        c.post_event("p2", "sandbox", &format!("bad_{i}"), "bill.created", json!({})).await;
+        c.post_event(
+            "p2",
+            "sandbox",
+            &format!("bad_{i}"),
+            "bill.created",
+            json!({}),
+        )
+        .await;
     }
     ok.wait_for(3, Duration::from_secs(10)).await;
     bad.wait_for(2, Duration::from_secs(10)).await;
@@ -58,7 +76,11 @@ async fn status_and_metrics_follow_activity() {
     c.post("/v1/events/bad_0/redeliver", json!({})).await;
     wait_until_async(Duration::from_secs(10), || async {
         let s = c.get("/status").await.1;
-        s["endpoints"].as_array().unwrap().iter().any(|e| e["id"] == bad_ep["id"] && e["health"] == "healthy")
+        s["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == bad_ep["id"] && e["health"] == "healthy")
     })
     .await;
 
@@ -77,10 +99,22 @@ async fn status_and_metrics_follow_activity() {
     };
     assert_eq!(metric("preflix_webhookd_events_received_total"), 5.0);
     assert_eq!(metric("preflix_webhookd_events_stored_total"), 5.0);
-    assert_eq!(metric("preflix_webhookd_deliveries_total{outcome=\"succeeded\"}"), 4.0);
-    assert_eq!(metric("preflix_webhookd_attempts_total{class=\"5xx\"}"), 2.0);
-    assert_eq!(metric("preflix_webhookd_attempts_total{class=\"2xx\"}"), 4.0);
-    assert_eq!(metric("preflix_webhookd_attempt_duration_seconds_count"), 6.0);
+    assert_eq!(
+        metric("preflix_webhookd_deliveries_total{outcome=\"succeeded\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric("preflix_webhookd_attempts_total{class=\"5xx\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric("preflix_webhookd_attempts_total{class=\"2xx\"}"),
+        4.0
+    );
+    assert_eq!(
+        metric("preflix_webhookd_attempt_duration_seconds_count"),
+        6.0
+    );
     assert_eq!(metric("preflix_webhookd_queue_retrying"), 2.0);
     assert_eq!(metric("preflix_webhookd_dead_letters"), 0.0);
     assert!(metric("preflix_webhookd_storage_bytes") >= 0.0);
@@ -100,29 +134,68 @@ async fn retention_purges_final_events_and_old_dead_letters_only() {
     })
     .await;
     let c = daemon.client();
-    c.create_endpoint("done", "sandbox", &ok.url("/"), &["*"]).await;
-    c.create_endpoint("stuck", "sandbox", &bad.url("/"), &["*"]).await;
+    c.create_endpoint("done", "sandbox", &ok.url("/"), &["*"])
+        .await;
+    c.create_endpoint("stuck", "sandbox", &bad.url("/"), &["*"])
+        .await;
     let gone = TestReceiver::start().await;
     gone.set_default(Answer::status(410));
-    c.create_endpoint("gone", "sandbox", &gone.url("/"), &["*"]).await;
-    c.post_event("done", "sandbox", "evt_final", "bill.created", json!({"n": 1})).await;
-    c.post_event("stuck", "sandbox", "evt_pending", "bill.created", json!({"n": 2})).await;
-    c.post_event("gone", "sandbox", "evt_dead", "bill.created", json!({"n": 3})).await;
+    c.create_endpoint("gone", "sandbox", &gone.url("/"), &["*"])
+        .await;
+    c.post_event(
+        "done",
+        "sandbox",
+        "evt_final",
+        "bill.created",
+        json!({"n": 1}),
+    )
+    .await;
+    c.post_event(
+        "stuck",
+        "sandbox",
+        "evt_pending",
+        "bill.created",
+        json!({"n": 2}),
+    )
+    .await;
+    c.post_event(
+        "gone",
+        "sandbox",
+        "evt_dead",
+        "bill.created",
+        json!({"n": 3}),
+    )
+    .await;
     ok.wait_for(1, Duration::from_secs(10)).await;
     bad.wait_for(1, Duration::from_secs(10)).await;
     // The final event and the dead letter go; the event still being retried stays.
     wait_until_async(Duration::from_secs(10), || async {
         c.get("/v1/events/evt_final").await.0 == StatusCode::NOT_FOUND
-            && c.get("/v1/dead-letters").await.1["dead_letters"].as_array().unwrap().is_empty()
+            && c.get("/v1/dead-letters").await.1["dead_letters"]
+                .as_array()
+                .unwrap()
+                .is_empty()
             && c.get("/v1/events/evt_dead").await.0 == StatusCode::NOT_FOUND
     })
     .await;
     let (status, pending) = c.get("/v1/events/evt_pending").await;
-    assert_eq!(status, StatusCode::OK, "an event with a pending delivery must stay");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an event with a pending delivery must stay"
+    );
     assert_eq!(pending["deliveries"][0]["status"], "pending");
     assert_eq!(c.get("/status").await.1["dead_letters"], 0);
     // A purged id is free again: posting it stores a new event.
-    let (status, body) = c.post_event("done", "sandbox", "evt_final", "bill.created", json!({"n": 9})).await;
+    let (status, body) = c
+        .post_event(
+            "done",
+            "sandbox",
+            "evt_final",
+            "bill.created",
+            json!({"n": 9}),
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
 
@@ -131,10 +204,14 @@ async fn ingest_answers_503_past_storage_max_bytes() {
     let daemon = TestDaemon::start_with(|c| c.storage.max_bytes = 1).await;
     let c = daemon.client();
     wait_until_async(Duration::from_secs(5), || async {
-        c.post_event("p", "sandbox", "evt_x", "bill.created", json!({})).await.0 == StatusCode::SERVICE_UNAVAILABLE
+        c.post_event("p", "sandbox", "evt_x", "bill.created", json!({}))
+            .await
+            .0
+            == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    let body = serde_json::to_vec(&json!({"partner_id": "p", "type": "bill.created", "data": {}})).unwrap();
+    let body = serde_json::to_vec(&json!({"partner_id": "p", "type": "bill.created", "data": {}}))
+        .unwrap();
     let (status, headers, bytes) = c.raw(Method::POST, "/v1/events", Some(body), true).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
@@ -154,7 +231,8 @@ fn sd_notify_ready_and_stopping_and_no_secrets_in_logs() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let port = free_port();
     let config = dir.path().join("c.toml");
     std::fs::write(
@@ -177,7 +255,10 @@ fn sd_notify_ready_and_stopping_and_no_secrets_in_logs() {
 
     // Activity carrying a secret, a payload marker and a custom header value.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let token = std::fs::read_to_string(dir.path().join("db/admin.token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(dir.path().join("db/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
     let secret = rt.block_on(async {
         let receiver = TestReceiver::start().await;
         let c = Client { addr: format!("127.0.0.1:{port}").parse().unwrap(), token: token.clone() };
@@ -194,19 +275,43 @@ fn sd_notify_ready_and_stopping_and_no_secrets_in_logs() {
     });
 
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-    assert!(logs.contains("evt_log") || logs.contains("endpoint created"), "logs look empty: {logs}");
-    for secret_thing in [secret.as_str(), "PAYLOAD-MARKER-7731", "HEADER-VALUE-MARKER", token.as_str()] {
-        assert!(!logs.contains(secret_thing), "logs contain {secret_thing}:\n{logs}");
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.contains("evt_log") || logs.contains("endpoint created"),
+        "logs look empty: {logs}"
+    );
+    for secret_thing in [
+        secret.as_str(),
+        "PAYLOAD-MARKER-7731",
+        "HEADER-VALUE-MARKER",
+        token.as_str(),
+    ] {
+        assert!(
+            !logs.contains(secret_thing),
+            "logs contain {secret_thing}:\n{logs}"
+        );
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -10,9 +10,22 @@ async fn event_is_stored_and_delivered() {
     let receiver = TestReceiver::start().await;
     let daemon = TestDaemon::start().await;
     let c = daemon.client();
-    let ep = c.create_endpoint("acme-health", "sandbox", &receiver.url("/hook"), &["audit.completed"]).await;
+    let ep = c
+        .create_endpoint(
+            "acme-health",
+            "sandbox",
+            &receiver.url("/hook"),
+            &["audit.completed"],
+        )
+        .await;
     let (status, body) = c
-        .post_event("acme-health", "sandbox", "evt_7b2", "audit.completed", json!({"bill_id": "bill_8f4", "report_id": "report_33", "status": "complete"}))
+        .post_event(
+            "acme-health",
+            "sandbox",
+            "evt_7b2",
+            "audit.completed",
+            json!({"bill_id": "bill_8f4", "report_id": "report_33", "status": "complete"}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["deliveries"], 1);

@@ -49,7 +49,14 @@ impl TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         change(&mut config);
-        let mut d = TestDaemon { addr: "127.0.0.1:0".parse().unwrap(), token: String::new(), dir, config, trigger: None, task: None };
+        let mut d = TestDaemon {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: String::new(),
+            dir,
+            config,
+            trigger: None,
+            task: None,
+        };
         d.launch().await;
         d
     }
@@ -59,11 +66,16 @@ impl TestDaemon {
         self.addr = listener.local_addr().unwrap();
         let (trigger, shutdown) = Shutdown::new();
         let config = self.config.clone();
-        self.task = Some(tokio::spawn(preflix_webhookd::run(config, listener, shutdown)));
+        self.task = Some(tokio::spawn(preflix_webhookd::run(
+            config, listener, shutdown,
+        )));
         self.trigger = Some(trigger);
         let token_path = self.config.storage.dir.join("admin.token");
         wait_until(Duration::from_secs(10), || token_path.exists()).await;
-        self.token = std::fs::read_to_string(&token_path).expect("token").trim().to_string();
+        self.token = std::fs::read_to_string(&token_path)
+            .expect("token")
+            .trim()
+            .to_string();
         let client = self.client();
         for _ in 0..200 {
             if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
@@ -95,7 +107,10 @@ impl TestDaemon {
     }
 
     pub fn client(&self) -> Client {
-        Client { addr: self.addr, token: self.token.clone() }
+        Client {
+            addr: self.addr,
+            token: self.token.clone(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -124,38 +139,67 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.json(Method::POST, path, Some(body.to_string().into_bytes())).await
+        self.json(Method::POST, path, Some(body.to_string().into_bytes()))
+            .await
     }
 
     pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.json(Method::PATCH, path, Some(body.to_string().into_bytes())).await
+        self.json(Method::PATCH, path, Some(body.to_string().into_bytes()))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         self.json(Method::DELETE, path, None).await
     }
 
-    pub async fn json(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let (status, _, bytes) = self.raw(method, path, body, true).await;
-        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         (status, value)
     }
 
     /// Sends a request; `auth` adds the bearer token.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, auth: bool) -> (StatusCode, HeaderMap, Bytes) {
-        let mut req = Request::builder().method(method).uri(format!("http://{}{}", self.addr, path)).header("host", self.addr.to_string());
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        auth: bool,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path))
+            .header("host", self.addr.to_string());
         if auth {
             req = req.header("authorization", format!("Bearer {}", self.token));
         }
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
         send(self.addr, req).await
     }
 
     /// Creates an endpoint; returns its JSON (with the secret).
-    pub async fn create_endpoint(&self, partner: &str, environment: &str, url: &str, types: &[&str]) -> Value {
+    pub async fn create_endpoint(
+        &self,
+        partner: &str,
+        environment: &str,
+        url: &str,
+        types: &[&str],
+    ) -> Value {
         let (status, body) = self
             .post("/v1/endpoints", serde_json::json!({"partner_id": partner, "environment": environment, "url": url, "event_types": types}))
             .await;
@@ -164,7 +208,14 @@ impl Client {
     }
 
     /// Posts one event; returns (status, body).
-    pub async fn post_event(&self, partner: &str, environment: &str, id: &str, event_type: &str, data: Value) -> (StatusCode, Value) {
+    pub async fn post_event(
+        &self,
+        partner: &str,
+        environment: &str,
+        id: &str,
+        event_type: &str,
+        data: Value,
+    ) -> (StatusCode, Value) {
         self.post("/v1/events", serde_json::json!({"partner_id": partner, "environment": environment, "id": id, "type": event_type, "data": data})).await
     }
 }
@@ -174,12 +225,19 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, H
     // A daemon that stops answering must fail the test, not hang it.
     tokio::time::timeout(Duration::from_secs(60), async {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         let resp = sender.send_request(req).await.expect("request");
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         (status, headers, body)
     })
     .await
@@ -206,7 +264,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn status(status: u16) -> Answer {
-        Answer { status, headers: vec![], body: Bytes::new(), delay: Duration::ZERO }
+        Answer {
+            status,
+            headers: vec![],
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn header(mut self, name: &str, value: &str) -> Answer {
         self.headers.push((name.into(), value.into()));
@@ -239,7 +302,9 @@ struct ReceiverState {
 
 impl TestReceiver {
     pub async fn start() -> TestReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(ReceiverState {
             received: Mutex::new(vec![]),
@@ -250,14 +315,20 @@ impl TestReceiver {
         let state = inner.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let service = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            let state = state.clone();
+                            async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -297,7 +368,10 @@ impl TestReceiver {
     }
 }
 
-async fn answer(state: &ReceiverState, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    state: &ReceiverState,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     {
         let mut c = state.concurrent.lock().unwrap();
         c.0 += 1;
@@ -305,9 +379,24 @@ async fn answer(state: &ReceiverState, req: Request<hyper::body::Incoming>) -> R
     }
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let answer = state.script.lock().unwrap().pop_front().unwrap_or_else(|| state.default.lock().unwrap().clone());
-    state.received.lock().unwrap().push(Received { headers, body, at: Instant::now(), path });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let answer = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| state.default.lock().unwrap().clone());
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: Instant::now(),
+        path,
+    });
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }
@@ -323,7 +412,10 @@ async fn answer(state: &ReceiverState, req: Request<hyper::body::Incoming>) -> R
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -336,7 +428,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -434,7 +529,13 @@ impl TestReceiver {
     pub fn event_ids(&self) -> Vec<String> {
         self.received()
             .iter()
-            .map(|r| r.headers.get("preflixai-event-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string())
+            .map(|r| {
+                r.headers
+                    .get("preflixai-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            })
             .collect()
     }
 }
