@@ -61,6 +61,27 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    // HTTP is served from the start: /healthz answers 503 until the store is open.
+    let slot: api::StateSlot = Arc::default();
+    let addr = listener.local_addr().ok();
+    let (stop_http, http_shutdown) = Shutdown::new();
+    let http = tokio::spawn(api::serve(listener, slot.clone(), http_shutdown));
+    let result = start_and_run(config, &slot, addr, shutdown).await;
+    stop_http.fire();
+    let _ = http.await;
+    if let Some(state) = slot.get() {
+        state.store.close_async().await?;
+    }
+    tracing::info!("preflix-webhookd stopped");
+    result
+}
+
+async fn start_and_run(
+    config: Config,
+    slot: &api::StateSlot,
+    addr: Option<std::net::SocketAddr>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let token = config::load_admin_token_from_process_env(&config)?;
     if token.generated {
         tracing::info!(path = %token.source.display(), "generated an admin token");
@@ -85,25 +106,21 @@ pub async fn run(
         ready: AtomicBool::new(false),
         storage_full: AtomicBool::new(false),
     });
+    let _ = slot.set(state.clone());
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
-    let addr = listener.local_addr().ok();
     let notifier = notify::Notifier::from_env();
     let watchdog = tokio::spawn(watchdog(notifier.clone(), state.clone(), shutdown.clone()));
     state.ready.store(true, Ordering::SeqCst);
     notifier.send("READY=1");
     tracing::info!(listen = ?addr, dir = %config.storage.dir.display(), "preflix-webhookd ready");
-    api::serve(listener, state.clone(), shutdown.clone()).await;
+    shutdown.wait().await;
+    // New requests now get 503 shutting_down; attempts in flight get the grace period.
     state.ready.store(false, Ordering::SeqCst);
     notifier.send("STOPPING=1");
-    let _ = watchdog.await;
     let _ = scheduler_task.await;
     let _ = housekeeping.await;
-    let store_close = store.clone();
-    tokio::task::spawn_blocking(move || store_close.close())
-        .await
-        .map_err(|e| RunError::Delivery(format!("store close task failed: {e}")))??;
-    tracing::info!("preflix-webhookd stopped");
+    let _ = watchdog.await;
     Ok(())
 }
 

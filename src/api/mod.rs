@@ -92,8 +92,11 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult = Result<Response<Body>, ApiError>;
 
+/// Filled in once the store is open; until then every request is answered 503.
+pub type StateSlot = Arc<std::sync::OnceLock<Arc<AppState>>>;
+
 /// Serves HTTP on `listener` until `shutdown` fires, then lets requests in progress finish.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, slot: StateSlot, shutdown: Shutdown) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -108,10 +111,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdo
             _ = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let slot = slot.clone();
         let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+            let slot = slot.clone();
+            async move {
+                let response = match slot.get() {
+                    Some(state) => handle(state, req).await,
+                    None => starting(&req),
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -130,6 +139,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Shutdo
     {
         tracing::warn!("some HTTP connections did not close in time");
     }
+}
+
+/// The answer to everything while the store is still opening.
+fn starting<B>(req: &Request<B>) -> Response<Body> {
+    if req.uri().path() == "/healthz" {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Full::new(Bytes::from_static(b"starting")))
+            .expect("valid response");
+    }
+    error_response(&shutting_down())
 }
 
 async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {

@@ -247,6 +247,14 @@ impl Store {
         self.write(true, |_| Ok(())).await
     }
 
+    /// [`Store::close`] on a blocking thread.
+    pub async fn close_async(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+    }
+
     /// Stops the writer after the queued changes and flushes to disk.
     pub fn close(&self) -> Result<(), StoreError> {
         self.inner.writer.stop();

@@ -9,8 +9,8 @@ use crate::model::{
 };
 
 /// The `meta` key that records when deliveries were last added to a stored event.
-fn redelivered_key(event_seq: u64) -> [u8; 17] {
-    let mut key = [0u8; 17];
+fn redelivered_key(event_seq: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
     key[0] = b'r';
     key[1..].copy_from_slice(&event_seq.to_be_bytes());
     key

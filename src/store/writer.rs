@@ -303,12 +303,12 @@ fn writer_loop(
             runs.push(op.run);
             replies.push((op.durable, op.reply));
         }
-        match commit(state, &mut runs) {
+        match commit_guarded(state, &mut runs) {
             Ok(results) => finish(replies, results, sync_tx),
             Err(_) if runs.len() > 1 => {
                 // One change spoiled the group: commit each alone so the others still land.
                 for (mut run, reply) in runs.into_iter().zip(replies) {
-                    match commit(state, std::slice::from_mut(&mut run)) {
+                    match commit_guarded(state, std::slice::from_mut(&mut run)) {
                         Ok(results) => finish(vec![reply], results, sync_tx),
                         Err(e) => (reply.1)(Err(e)),
                     }
@@ -343,6 +343,16 @@ fn finish(
             }
         }
     }
+}
+
+/// [`commit`], turning a panic inside a change into an error for that group, so the writer lives on.
+fn commit_guarded(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(state, runs))).unwrap_or_else(
+        |_| {
+            tracing::error!("a store change panicked; its group was not committed");
+            Err(StoreError::Corrupt("a store change panicked".into()))
+        },
+    )
 }
 
 /// Runs the changes in one transaction and, once it commits, applies their effects.
