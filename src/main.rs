@@ -31,6 +31,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Rewrite the store (daemon stopped) to give the space of deleted records back to the filesystem.
+    Compact {
+        /// The daemon's config file: `storage.dir` says which store.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the headers a delivery of the body on stdin would carry.
     Sign {
         #[arg(long)]
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Compact { config } => compact(config),
         Command::Sign {
             secret,
             id,
@@ -192,6 +199,35 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 Some(preflix_webhookd::RunError::Config(_)) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+fn compact(path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("preflix-webhookd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = &config.storage.dir;
+    match preflix_webhookd::store::compact(dir) {
+        Ok(c) => {
+            println!(
+                "compacted {}: {} bytes before, {} after",
+                dir.display(),
+                c.bytes_before,
+                c.bytes_after
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "preflix-webhookd compact: {} (is the daemon still running?): {e}",
+                dir.display()
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventI
 use codec::Record;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -448,6 +449,71 @@ impl Store {
             .read()
             .expect("endpoint cache lock is never poisoned")
     }
+}
+
+/// What [`compact`] did: the store's size on disk before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Rewrites the store in `dir` into a fresh directory and swaps it in, giving back the space of
+/// deleted records (sled never returns it to the filesystem). The daemon must be stopped: sled's
+/// lock on the data file makes this fail while it runs. Files that are not sled's (the generated
+/// admin token) move along.
+pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
+    let fresh = dir.with_extension("compacting");
+    let retired = dir.with_extension("before-compact");
+    for leftover in [&fresh, &retired] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover)?;
+        }
+    }
+    let open = |path: &Path| {
+        sled::Config::new()
+            .path(path)
+            .segment_size(SEGMENT_SIZE)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+    };
+    if !dir.join("db").exists() {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds no store",
+            dir.display()
+        )));
+    }
+    let old = open(dir)?;
+    let bytes_before = old.size_on_disk()?;
+    let new = open(&fresh)?;
+    new.import(old.export());
+    new.flush()?;
+    File::open(fresh.join("db"))?.sync_all()?;
+    let bytes_after = new.size_on_disk()?;
+    drop(new);
+    drop(old);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let sleds = name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap.");
+        if !sleds && entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), fresh.join(&*name))?;
+            File::open(fresh.join(&*name))?.sync_all()?;
+        }
+    }
+    File::open(&fresh)?.sync_all()?;
+    std::fs::rename(dir, &retired)?;
+    std::fs::rename(&fresh, dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(parent)?.sync_all()?;
+    }
+    std::fs::remove_dir_all(&retired)?;
+    Ok(Compacted {
+        bytes_before,
+        bytes_after,
+    })
 }
 
 fn get<T: Record>(tree: &sled::Tree, seq: u64) -> Result<Option<T>, StoreError> {

@@ -315,3 +315,58 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test]
+async fn compact_rewrites_a_stopped_store_and_refuses_a_running_one() {
+    let mut daemon = TestDaemon::start().await;
+    let c = daemon.client();
+    for i in 0..50 {
+        let (status, _) = c
+            .post_event(
+                "p",
+                "sandbox",
+                &format!("evt_c{i}"),
+                "bill.created",
+                json!({"i": i}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let config = daemon.dir.path().join("compact.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndir = \"{}\"\n",
+            daemon.config.storage.dir.display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(binary())
+            .args(["compact", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let busy = run();
+    assert!(!busy.status.success(), "compact must refuse a store in use");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("still running"));
+
+    daemon.stop().await;
+    let done = run();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(String::from_utf8_lossy(&done.stdout).contains("bytes before"));
+    let token_before = daemon.token.clone();
+    daemon.restart().await;
+    assert_eq!(daemon.token, token_before, "the admin token moves along");
+    let c = daemon.client();
+    for i in 0..50 {
+        let (status, event) = c.get(&format!("/v1/events/evt_c{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(event["data"]["i"], i);
+    }
+    assert_eq!(c.get("/status").await.1["totals"]["events"], 50);
+}
