@@ -7,8 +7,8 @@ use super::{
 use crate::catalog;
 use crate::delivery::guard;
 use crate::model::{
-    format_time, generate_id, is_valid_token, parse_numbered_id, DeliveryStatus, Endpoint,
-    EndpointSecret, Environment,
+    format_time, generate_id, parse_numbered_id, DeliveryStatus, Endpoint, EndpointSecret,
+    Environment,
 };
 use crate::signing::Secret;
 use crate::store::IngestOutcome;
@@ -37,21 +37,8 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let mut allowed = vec!["partner_id", "environment"];
     allowed.extend_from_slice(PATCHABLE);
     only_fields(&map, &allowed)?;
-    let partner_id = match opt_str(&map, "partner_id")? {
-        Some(p) if is_valid_token(p, 64) => p.to_string(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "`partner_id` must match [A-Za-z0-9._-]{1,64}",
-            ))
-        }
-        None => return Err(ApiError::invalid("`partner_id` is required")),
-    };
-    let environment = match opt_str(&map, "environment")? {
-        None => Environment::Production,
-        Some(e) => Environment::parse(e).ok_or_else(|| {
-            ApiError::invalid("`environment` must be \"production\" or \"sandbox\"")
-        })?,
-    };
+    let partner_id = super::partner_id(&map)?;
+    let environment = super::environment(&map)?;
     if !map.contains_key("url") {
         return Err(ApiError::invalid("`url` is required"));
     }

@@ -5,7 +5,7 @@ use super::{
     ApiResult, AppState,
 };
 use crate::catalog;
-use crate::model::{format_time, generate_id, is_valid_token, parse_numbered_id, Environment};
+use crate::model::{format_time, generate_id, is_valid_token, parse_numbered_id};
 use crate::store::{IngestOutcome, NewEvent};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -201,21 +201,8 @@ pub fn validate(mut map: Map<String, Value>, now: u64) -> Result<NewEvent, ApiEr
             "data",
         ],
     )?;
-    let partner_id = match opt_str(&map, "partner_id")? {
-        Some(p) if is_valid_token(p, 64) => p.to_string(),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "`partner_id` must match [A-Za-z0-9._-]{1,64}",
-            ));
-        }
-        None => return Err(ApiError::invalid("`partner_id` is required")),
-    };
-    let environment = match opt_str(&map, "environment")? {
-        None => Environment::Production,
-        Some(e) => Environment::parse(e).ok_or_else(|| {
-            ApiError::invalid("`environment` must be \"production\" or \"sandbox\"")
-        })?,
-    };
+    let partner_id = super::partner_id(&map)?;
+    let environment = super::environment(&map)?;
     let id = match opt_str(&map, "id")? {
         Some(id) if is_valid_token(id, 128) => id.to_string(),
         Some(_) => return Err(ApiError::invalid("`id` must match [A-Za-z0-9._-]{1,128}")),

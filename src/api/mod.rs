@@ -374,6 +374,29 @@ pub fn opt_str<'a>(
     }
 }
 
+/// The required `partner_id` field: `[A-Za-z0-9._-]{1,64}`.
+pub fn partner_id(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
+    match opt_str(map, "partner_id")? {
+        Some(p) if crate::model::is_valid_token(p, 64) => Ok(p.to_string()),
+        Some(_) => Err(ApiError::invalid(
+            "`partner_id` must match [A-Za-z0-9._-]{1,64}",
+        )),
+        None => Err(ApiError::invalid("`partner_id` is required")),
+    }
+}
+
+/// The optional `environment` field: production (the default) or sandbox.
+pub fn environment(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<crate::model::Environment, ApiError> {
+    match opt_str(map, "environment")? {
+        None => Ok(crate::model::Environment::Production),
+        Some(e) => crate::model::Environment::parse(e).ok_or_else(|| {
+            ApiError::invalid("`environment` must be \"production\" or \"sandbox\"")
+        }),
+    }
+}
+
 /// Refuses fields outside `allowed`, so a misspelt field is an error instead of being ignored.
 pub fn only_fields(
     map: &serde_json::Map<String, serde_json::Value>,
