@@ -1,8 +1,13 @@
 //! Load generator and baseline runner for preflix-webhookd.
 //!
 //! Everything runs in this one process: the daemon (through `preflix_webhookd::run` on a temp
-//! directory), a fast local receiver (a bare hyper server answering 200 at once), and the client
-//! workers (one hyper HTTP/1 keep-alive connection each). Nothing else needs to be running.
+//! directory, `delivery.allow_private_networks = true`, `require_https = false`), a fast local
+//! receiver (a bare hyper server answering 200 at once), and the client workers (one hyper HTTP/1
+//! keep-alive connection each). Nothing else needs to be running. The client and the receiver run
+//! on their own tokio runtimes (threads `lg-client`, `lg-recv`) so that each scenario can print the
+//! CPU time of every kind of thread (`daemon-rt`, `store-writer`, `store-syncer`, `sled-io`, ...)
+//! read from /proc, and the daemon's CPU per event. The receiver counts distinct event ids, and
+//! reports deliveries that arrive twice and how many connections the daemon opened.
 //!
 //! ```text
 //! cargo build --release --example loadgen
@@ -16,18 +21,24 @@
 //!   deliver          pre-load N pending deliveries, then lift the endpoint's rate limit and time them out
 //!   e2e              ingest→first-attempt latency on an idle daemon (--samples), then ingest and
 //!                    delivery together: end-to-end events/s and latency under load
-//!   baseline-sled    raw sled 0.34: batches of 16 one-KiB values, flush + fdatasync, for --secs
+//!   baseline-sled    raw sled 0.34: batches of 16 one-KiB values, flush + fdatasync, for --secs;
+//!                    then the daemon's own write pattern on raw sled, with and without fdatasync
 //!   baseline-hyper   a bare hyper server answering 200 to POSTs, driven by the same client code
 //!   baseline-client  a bare hyper client sending signed POSTs to the fast receiver
 //!   million          pre-load --events (default 1,000,000) pending deliveries, then /status and
-//!                    /metrics latency, resident memory, and restart time (in-process and in a fresh process)
+//!                    /metrics latency, resident memory and restart time, in process and in fresh
+//!                    processes (--runs of them), and raw sled opening the same store
 //!   all              the quick ones, --runs times each (default 3), then a table of medians
 //! ```
 //!
 //! Options: `--events N` (default 100000; million: 1000000), `--conns C` (default 64; batch and
 //! pre-loads: 4), `--batch B`, `--runs R`, `--secs S` (baseline-sled), `--samples K` (e2e idle,
-//! default 1000), `--tmp DIR` (where temp dirs go; default $TMPDIR), `--dir DIR` (million: keep
-//! the store there and reuse it on the next run), `--threads T` (tokio workers; default: all cores).
+//! default 1000), `--max-in-flight M` (endpoint and `delivery.max_in_flight`, default 256),
+//! `--tmp DIR` (where temp dirs go; default $TMPDIR), `--dir DIR` (million: keep the store there
+//! and reuse it on the next run), `--probe-secs S` (million: how long a fresh process is watched),
+//! `--threads T` (the daemon's tokio workers; default: one per core), `--lg-threads T` (client and
+//! receiver workers, each; default 2), `--shared-rt` (client and receiver on the daemon's runtime).
+//! The daemon's warnings go to stderr; `RUST_LOG` changes the level.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -83,6 +94,12 @@ struct Args {
     /// Tokio worker threads of the daemon's runtime (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// million: how long each fresh-process probe watches the idle daemon's memory, seconds.
+    #[arg(long, default_value_t = 5)]
+    probe_secs: u64,
+    /// Attempts in flight: the endpoint's `max_in_flight` and `delivery.max_in_flight`.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
     /// Worker threads of the load generator's own runtimes (client, receiver), each.
     #[arg(long, default_value_t = 2)]
     lg_threads: usize,
@@ -131,6 +148,7 @@ fn main() -> Result<()> {
         }
     };
     let _ = RUNTIMES.set(runtimes);
+    MAX_IN_FLIGHT.store(args.max_in_flight, Ordering::Relaxed);
     rt.block_on(run(args))
 }
 
@@ -144,6 +162,13 @@ struct Runtimes {
 }
 
 static RUNTIMES: OnceLock<Runtimes> = OnceLock::new();
+
+static MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(256);
+
+/// `--max-in-flight`: both the endpoint's limit and `delivery.max_in_flight`.
+fn max_in_flight() -> usize {
+    MAX_IN_FLIGHT.load(Ordering::Relaxed)
+}
 
 fn client_rt() -> tokio::runtime::Handle {
     RUNTIMES
@@ -160,13 +185,19 @@ fn recv_rt() -> tokio::runtime::Handle {
 // ---------------------------------------------------------------------------------------------
 // CPU time per thread, from /proc
 
-/// CPU seconds (user + system) used so far by this process's threads, summed by thread name.
-fn thread_cpu() -> BTreeMap<String, f64> {
+/// CPU seconds (user + system) used so far by each live thread of this process: tid → (name, seconds).
+///
+/// Keyed by thread id so that a thread ending between two readings (tokio's idle blocking
+/// threads do) does not make its name's total go backwards.
+fn thread_cpu() -> BTreeMap<u64, (String, f64)> {
     let mut out = BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for t in tasks.flatten() {
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
             continue;
         };
@@ -178,20 +209,21 @@ fn thread_cpu() -> BTreeMap<String, f64> {
         // After the name: state is field 3, utime field 14, stime field 15 (in clock ticks of 1/100 s).
         let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
             + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        *out.entry(name.to_string()).or_insert(0.0) += ticks as f64 / 100.0;
+        out.insert(tid, (name.to_string(), ticks as f64 / 100.0));
     }
     out
 }
 
 /// Prints the CPU time each kind of thread used since `before` over `wall`, and the daemon's
 /// CPU per item; returns the daemon's (everything but the load generator's threads) CPU µs per item.
-fn print_cpu(before: &BTreeMap<String, f64>, wall: Duration, items: u64) -> f64 {
-    let after = thread_cpu();
-    let mut parts: Vec<(String, f64)> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v >= 0.01)
-        .collect();
+fn print_cpu(before: &BTreeMap<u64, (String, f64)>, wall: Duration, items: u64) -> f64 {
+    let mut by_name: BTreeMap<String, f64> = BTreeMap::new();
+    for (tid, (name, secs)) in thread_cpu() {
+        let was = before.get(&tid).map_or(0.0, |b| b.1);
+        *by_name.entry(name).or_insert(0.0) += (secs - was).max(0.0);
+    }
+    let after = by_name;
+    let mut parts: Vec<(String, f64)> = after.into_iter().filter(|(_, v)| *v >= 0.01).collect();
     parts.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
     let total: f64 = parts.iter().map(|p| p.1).sum();
     let lg: f64 = parts
@@ -238,6 +270,7 @@ async fn run(args: Args) -> Result<()> {
         "baseline-client" => baseline_client(&args).await?,
         "million" => million(&args).await?,
         "probe" => return probe(&args).await,
+        "probe-sled" => return probe_sled(&args),
         "all" => return all(&args).await,
         other => bail!("unknown scenario `{other}`; see the top of examples/loadgen.rs"),
     };
@@ -514,7 +547,7 @@ impl Api {
                 "/v1/endpoints",
                 Some(json!({
                     "partner_id": "bench", "environment": "production", "url": url,
-                    "event_types": ["*"], "max_in_flight": 256, "rate_limit_per_second": rate_limit,
+                    "event_types": ["*"], "max_in_flight": max_in_flight(), "rate_limit_per_second": rate_limit,
                 })),
             )
             .await?;
@@ -588,7 +621,7 @@ impl Daemon {
         config.storage.dir = base.join("db");
         config.delivery.allow_private_networks = true;
         config.delivery.require_https = false;
-        config.delivery.max_in_flight = 256;
+        config.delivery.max_in_flight = max_in_flight();
         // A batch of 1000 events of ~400 bytes is ~420 KB, over the 256 KiB default.
         config.server.max_body_bytes = 4 * 1024 * 1024;
         let token_path = base.join("loadgen.token");
@@ -1105,10 +1138,13 @@ async fn deliver(args: &Args) -> Result<Figures> {
     let n = args.events.unwrap_or(100_000);
     let base = temp_base(args)?;
     let receiver = Receiver::start(false).await?;
-    let (mut daemon, _) = Daemon::start(base.path(), |c| c.delivery.max_in_flight = 256).await?;
+    let (mut daemon, _) = Daemon::start(base.path(), |_| {}).await?;
     let api = daemon.api();
     let ep = api.create_endpoint(&receiver.url(), Some(1)).await?;
-    println!("== deliver: pre-load {n} pending deliveries (batch ingest, endpoint rate-limited to 1/s), then lift the limit; endpoint max_in_flight 256, delivery.max_in_flight 256");
+    println!(
+        "== deliver: pre-load {n} pending deliveries (batch ingest, endpoint rate-limited to 1/s), then lift the limit; endpoint max_in_flight and delivery.max_in_flight {}",
+        max_in_flight()
+    );
     let pre = preload(&api, n, 1000, args.conns.unwrap_or(4), "evt_").await?;
     pre.print("pre-load (batches of 1000)", 1000.0, "events");
     let before = receiver.count();
@@ -1158,7 +1194,7 @@ async fn e2e(args: &Args) -> Result<Figures> {
     let conns = args.conns.unwrap_or(64);
     let base = temp_base(args)?;
     let receiver = Receiver::start(true).await?;
-    let (mut daemon, _) = Daemon::start(base.path(), |c| c.delivery.max_in_flight = 256).await?;
+    let (mut daemon, _) = Daemon::start(base.path(), |_| {}).await?;
     let api = daemon.api();
     api.create_endpoint(&receiver.url(), None).await?;
     let mut f = Figures::new();
@@ -1599,42 +1635,114 @@ async fn million(args: &Args) -> Result<Figures> {
     f.insert("million.inproc.rss_mib".into(), rss as f64 / 1024.0);
     daemon.stop().await?;
 
-    println!(
-        "  fresh process (loadgen probe): start on the same store, nothing else in the process"
-    );
-    let exe = std::env::current_exe()?;
-    let probe_dir = base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(exe)
-            .arg("probe")
-            .arg("--dir")
-            .arg(&probe_dir)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-    })
-    .await??;
-    let text = String::from_utf8_lossy(&out.stdout);
-    print!(
-        "{}",
-        text.lines()
-            .filter(|l| !l.starts_with("PROBE "))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    );
-    let probe: Value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("PROBE "))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| anyhow!("the probe printed no figures; exit {:?}", out.status))?;
-    if let Value::Object(m) = probe {
-        for (k, v) in m {
-            f.insert(format!("million.fresh.{k}"), v.as_f64().unwrap_or(f64::NAN));
+    let runs = args.runs.unwrap_or(1);
+    let mut fresh: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in 0..runs {
+        println!(
+            "  fresh process {} of {runs} (loadgen probe): start on the same store, nothing else in the process",
+            r + 1
+        );
+        for (k, v) in child_probe("probe", &base, args.probe_secs).await? {
+            fresh
+                .entry(format!("million.fresh.{k}"))
+                .or_default()
+                .push(v);
         }
+    }
+    for (k, mut v) in fresh {
+        f.insert(k, median(&mut v));
+    }
+    println!("  raw sled in a fresh process: open the same store, then iterate the queue tree");
+    for (k, v) in child_probe("probe-sled", &base, args.probe_secs).await? {
+        f.insert(format!("million.sled.{k}"), v);
     }
     if args.dir.is_some() {
         println!("  store kept in {}", base.display());
     }
     Ok(f)
+}
+
+/// Runs this program again as `scenario --dir base` and returns the figures it printed as `PROBE {json}`.
+async fn child_probe(scenario: &str, base: &Path, secs: u64) -> Result<Figures> {
+    let exe = std::env::current_exe()?;
+    let (scenario, dir) = (scenario.to_string(), base.to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .arg(&scenario)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--probe-secs")
+            .arg(secs.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+    })
+    .await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().filter(|l| !l.starts_with("PROBE ")) {
+        println!("{line}");
+    }
+    let probe: Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("PROBE "))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| anyhow!("the probe printed no figures; exit {:?}", out.status))?;
+    let mut f = Figures::new();
+    if let Value::Object(m) = probe {
+        for (k, v) in m {
+            f.insert(k, v.as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    Ok(f)
+}
+
+/// Started by `million` as a child: opens sled alone on `--dir`/db (the daemon's settings), then
+/// iterates the queue tree as the daemon's start does; prints `PROBE {json}`.
+fn probe_sled(args: &Args) -> Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .ok_or_else(|| anyhow!("probe-sled needs --dir"))?
+        .join("db");
+    let mut f = Figures::new();
+    let t0 = Instant::now();
+    let db = sled::Config::new()
+        .path(&dir)
+        .cache_capacity(64 * 1024 * 1024)
+        .segment_size(4 * 1024 * 1024)
+        .flush_every_ms(Some(500))
+        .open()?;
+    let open = t0.elapsed();
+    let (rss_open, _) = rss_kib();
+    let t1 = Instant::now();
+    let queue = db.open_tree("queue")?;
+    let mut n = 0u64;
+    for key in queue.iter().keys() {
+        key?;
+        n += 1;
+    }
+    let scan = t1.elapsed();
+    let (rss_scan, hwm) = rss_kib();
+    println!(
+        "  raw sled: open {:.3} s, VmRSS {} MiB; iterating {n} queue keys {:.3} s, VmRSS {} MiB (peak {} MiB)",
+        open.as_secs_f64(),
+        rss_open / 1024,
+        scan.as_secs_f64(),
+        rss_scan / 1024,
+        hwm / 1024
+    );
+    let mut series = Vec::new();
+    for _ in 0..args.probe_secs {
+        std::thread::sleep(Duration::from_secs(1));
+        series.push(rss_kib().0 / 1024);
+    }
+    println!("  raw sled left idle: VmRSS each second {series:?} MiB");
+    f.insert("rss_idle_mib".into(), rss_kib().0 as f64 / 1024.0);
+    f.insert("open_s".into(), open.as_secs_f64());
+    f.insert("rss_after_open_mib".into(), rss_open as f64 / 1024.0);
+    f.insert("queue_scan_s".into(), scan.as_secs_f64());
+    f.insert("rss_after_queue_scan_mib".into(), rss_scan as f64 / 1024.0);
+    println!("PROBE {}", serde_json::to_string(&f)?);
+    Ok(())
 }
 
 /// Started by `million` as a child: opens the daemon on `--dir`, measures, stops; prints `PROBE {json}`.
@@ -1661,11 +1769,16 @@ async fn probe(args: &Args) -> Result<()> {
         st["queue"]["pending"]
     );
     measure_reads(&api, "x", &mut f).await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut series = Vec::new();
+    for _ in 0..args.probe_secs {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        series.push(rss_kib().0 / 1024);
+    }
     measure_reads(&api, "x5s", &mut f).await?;
     let (rss, hwm) = rss_kib();
     println!(
-        "  fresh process 5 s after ready: VmRSS {} MiB, VmHWM {} MiB",
+        "  fresh process {} s after ready: VmRSS {} MiB, VmHWM {} MiB (each second: {series:?} MiB)",
+        args.probe_secs,
         rss / 1024,
         hwm / 1024
     );
@@ -1675,7 +1788,7 @@ async fn probe(args: &Args) -> Result<()> {
     f.insert("stop_s".into(), stop.as_secs_f64());
     let f: BTreeMap<String, f64> = f
         .into_iter()
-        .map(|(k, v)| (k.replace("x.", "").replace("x5s.", "after5s_"), v))
+        .map(|(k, v)| (k.replace("x.", "").replace("x5s.", "later_"), v))
         .collect();
     println!("PROBE {}", serde_json::to_string(&f)?);
     Ok(())
@@ -1740,6 +1853,14 @@ async fn all(args: &Args) -> Result<()> {
         ),
         (
             "#2",
+            "single-event ingest ≥ 20,000 events/s (64 conns)",
+            "ingest.events_per_s",
+            20_000.0,
+            true,
+            "baseline-sled-model.events_per_s",
+        ),
+        (
+            "#2",
             "single-event ingest p99 < 5 ms",
             "ingest.p99_ms",
             5.0,
@@ -1761,6 +1882,14 @@ async fn all(args: &Args) -> Result<()> {
             60_000.0,
             true,
             "baseline-sled.values_per_s",
+        ),
+        (
+            "#2",
+            "batch ingest ≥ 60,000 events/s (batches of 1000)",
+            "batch1000.events_per_s",
+            60_000.0,
+            true,
+            "baseline-sled-model-nosync.events_per_s",
         ),
         (
             "#3",
