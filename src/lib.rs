@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Memory sled may use for its page cache.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]

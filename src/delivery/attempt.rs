@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 /// The most response body kept for the attempt log.
 pub const SNIPPET_BYTES: usize = 1024;
-/// Idle connections kept per host for reuse.
-const IDLE_PER_HOST: usize = 64;
 
 type Connector = hyper_rustls::HttpsConnector<GuardedConnector<HttpConnector<GuardedResolver>>>;
 
@@ -66,7 +64,7 @@ impl Client {
             .enable_http1()
             .wrap_connector(tcp);
         let inner = LegacyClient::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(IDLE_PER_HOST)
+            .pool_max_idle_per_host(config.max_in_flight.max(16))
             .pool_idle_timeout(Duration::from_secs(60))
             .build(https);
         let user_agent =

@@ -12,7 +12,7 @@
 //! | `event_deliveries` | event seq, delivery seq | empty (index) |
 //! | `queue` | endpoint num, sort, delivery seq | due time, unix ms (the due-time index) |
 //! | `dead_letters` | dead letter seq | [`DeadLetter`] |
-//! | `meta` | name | [`Counters`], schema version |
+//! | `meta` | name | [`Counters`], schema version, id counter, per-endpoint pending counts |
 //!
 //! Every change goes through [`Store::write`]: one writer thread applies all queued changes in one sled
 //! transaction, and a syncer thread makes them durable (`flush` then `fdatasync`) before answering the
@@ -49,6 +49,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+}
+
+/// The `meta` key prefix of an endpoint's pending count.
+const PENDING_PREFIX: &[u8] = b"pending/";
+
+/// The `meta` key holding an endpoint's count of pending deliveries.
+pub(crate) fn pending_key(endpoint_num: u64) -> Vec<u8> {
+    let mut key = PENDING_PREFIX.to_vec();
+    key.extend_from_slice(&endpoint_num.to_be_bytes());
+    key
 }
 
 /// Running totals kept in the same transactions as the changes they count, so they never drift.
@@ -183,11 +193,10 @@ impl Store {
             .get("next_id")?
             .map_or(0, |v| codec::read_u64(&v));
         let mut endpoint_pending = std::collections::HashMap::new();
-        for item in trees.queue.iter().keys() {
-            let key = item?;
-            *endpoint_pending
-                .entry(codec::read_u64(&key[..8]))
-                .or_insert(0u64) += 1;
+        for item in trees.meta.scan_prefix(PENDING_PREFIX) {
+            let (key, value) = item?;
+            let num = codec::read_u64(&key[PENDING_PREFIX.len()..]);
+            endpoint_pending.insert(num, codec::read_u64(&value));
         }
         let state = Arc::new(State {
             db,

@@ -399,6 +399,28 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         if counters != committed {
             t[TreeId::Meta as usize].insert("counters", counters.encode())?;
         }
+        // Per-endpoint pending counts live in `meta` too, so opening the store needs no queue scan.
+        let deltas: Vec<(u64, i64)> = effects
+            .borrow()
+            .pending
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        if !deltas.is_empty() {
+            let known = state
+                .endpoint_pending
+                .lock()
+                .expect("pending lock is never poisoned");
+            for (num, delta) in deltas {
+                let count = known
+                    .get(&num)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_add_signed(delta);
+                t[TreeId::Meta as usize]
+                    .insert(super::pending_key(num), &super::codec::u64_key(count))?;
+            }
+        }
         if next_id != committed_id {
             t[TreeId::Meta as usize].insert("next_id", &super::codec::u64_key(next_id))?;
         }

@@ -370,3 +370,76 @@ async fn compact_rewrites_a_stopped_store_and_refuses_a_running_one() {
     }
     assert_eq!(c.get("/status").await.1["totals"]["events"], 50);
 }
+
+#[tokio::test]
+async fn per_endpoint_pending_counts_survive_a_restart() {
+    let mut daemon =
+        TestDaemon::start_with(|c| c.retry.schedule = vec![Duration::from_secs(60)]).await;
+    let c = daemon.client();
+    let ep = c
+        .create_endpoint("p", "sandbox", "http://127.0.0.1:9/", &["*"])
+        .await;
+    let (status, _) = c
+        .post(
+            &format!("/v1/endpoints/{}/disable", ep["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..3 {
+        c.post_event(
+            "p",
+            "sandbox",
+            &format!("evt_p{i}"),
+            "bill.created",
+            json!({}),
+        )
+        .await;
+    }
+    daemon.restart().await;
+    let c = daemon.client();
+    let (_, s) = c.get("/status").await;
+    let e = s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == ep["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        e["pending"], 0,
+        "a disabled endpoint's events are not queued for it: {s}"
+    );
+    let (status, _) = c
+        .post(
+            &format!("/v1/endpoints/{}/enable", ep["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    c.post(
+        &format!("/v1/events/evt_p0/redeliver"),
+        json!({"endpoint_id": ep["id"]}),
+    )
+    .await;
+    c.post(
+        &format!("/v1/events/evt_p1/redeliver"),
+        json!({"endpoint_id": ep["id"]}),
+    )
+    .await;
+    daemon.stop().await;
+    daemon.restart().await;
+    let (_, s) = daemon.client().get("/status").await;
+    let e = s["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == ep["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        e["pending"].as_u64().unwrap() + s["queue"]["in_flight"].as_u64().unwrap(),
+        2,
+        "{s}"
+    );
+}
