@@ -418,12 +418,12 @@ async fn per_endpoint_pending_counts_survive_a_restart() {
         .await;
     assert_eq!(status, StatusCode::OK);
     c.post(
-        &format!("/v1/events/evt_p0/redeliver"),
+        "/v1/events/evt_p0/redeliver",
         json!({"endpoint_id": ep["id"]}),
     )
     .await;
     c.post(
-        &format!("/v1/events/evt_p1/redeliver"),
+        "/v1/events/evt_p1/redeliver",
         json!({"endpoint_id": ep["id"]}),
     )
     .await;
