@@ -47,7 +47,16 @@ struct EndpointRun {
     /// Token bucket for `rate_limit_per_second`: tokens and when they were last topped up.
     tokens: f64,
     refilled: Option<Instant>,
+    /// The queue position (sort, delivery) of the last entry handed out, and since when the cursor runs.
+    /// Entries before it are under way or settled, so the next read starts after it instead of
+    /// re-reading every claimed entry; it restarts from the head when nothing is under way and at
+    /// least once a second, so an entry that lands behind it (clock step, `ordered` switched off) waits
+    /// at most that long.
+    cursor: Option<((u64, u64), Instant)>,
 }
+
+/// How long a queue cursor is trusted before the next read starts from the head again.
+const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 
 impl SchedulerHandle {
     pub fn is_in_flight(&self, delivery_seq: u64) -> bool {
@@ -279,14 +288,23 @@ impl Scheduler {
         room: usize,
         note: &mut impl FnMut(u64),
     ) -> Result<Vec<u64>, crate::store::StoreError> {
-        let in_flight_here = self
-            .handle
-            .shared
-            .per_endpoint
-            .lock()
-            .expect("endpoint lock is never poisoned")
-            .get(&ep.num)
-            .map_or(0, |r| r.in_flight as usize);
+        let cursor = {
+            let mut runs = self
+                .handle
+                .shared
+                .per_endpoint
+                .lock()
+                .expect("endpoint lock is never poisoned");
+            let run = runs.entry(ep.num).or_default();
+            if run.in_flight == 0
+                || run
+                    .cursor
+                    .is_some_and(|(_, at)| at.elapsed() > CURSOR_LIFETIME)
+            {
+                run.cursor = None;
+            }
+            run.cursor.map(|(position, _)| position)
+        };
         // The claims stay locked from before the queue is read until they are checked. An attempt
         // releases its claim only after its outcome is committed, so an entry read here is either
         // still claimed or already settled. Checked after the read, an attempt could settle and
@@ -312,16 +330,32 @@ impl Scheduler {
             }
             return Ok(vec![head.delivery_seq]);
         }
-        let entries = self
-            .store
-            .queue_entries(ep.num, now, room + in_flight_here)?;
-        let due: Vec<u64> = entries
+        // From the cursor on, entries are not claimed (claims sit before it), so `room` entries suffice;
+        // from the head, the claimed ones are read and skipped.
+        let limit = if cursor.is_some() {
+            room
+        } else {
+            room + claimed.len()
+        };
+        let entries = self.store.queue_entries_after(ep.num, cursor, now, limit)?;
+        let taken: Vec<&crate::store::QueueEntry> = entries
             .iter()
             .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
-            .map(|e| e.delivery_seq)
             .take(room)
             .collect();
         drop(claimed);
+        let due: Vec<u64> = taken.iter().map(|e| e.delivery_seq).collect();
+        if let Some(last) = taken.last() {
+            let mut runs = self
+                .handle
+                .shared
+                .per_endpoint
+                .lock()
+                .expect("endpoint lock is never poisoned");
+            let run = runs.entry(ep.num).or_default();
+            let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
+            run.cursor = Some(((last.sort, last.delivery_seq), since));
+        }
         if due.len() < room {
             if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
                 note(next.due_ms);

@@ -139,6 +139,8 @@ impl Trees {
 pub struct QueueEntry {
     pub delivery_seq: u64,
     pub due_ms: u64,
+    /// The entry's sort position: with `delivery_seq`, where it stands in the queue.
+    pub sort: u64,
 }
 
 impl Store {
@@ -391,15 +393,37 @@ impl Store {
         max_sort: u64,
         limit: usize,
     ) -> Result<Vec<QueueEntry>, StoreError> {
-        let start = codec::queue_key(endpoint_num, 0, 0);
-        let end = codec::queue_key(endpoint_num, max_sort, u64::MAX);
+        self.queue_entries_after(endpoint_num, None, max_sort, limit)
+    }
+
+    /// Like [`Store::queue_entries`], starting after the entry at `after` (sort, delivery seq).
+    pub fn queue_entries_after(
+        &self,
+        endpoint_num: u64,
+        after: Option<(u64, u64)>,
+        max_sort: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some((sort, seq)) => Bound::Excluded(codec::queue_key(endpoint_num, sort, seq)),
+            None => Bound::Included(codec::queue_key(endpoint_num, 0, 0)),
+        };
+        let end = Bound::Included(codec::queue_key(endpoint_num, max_sort, u64::MAX));
         let mut out = Vec::new();
-        for item in self.inner.state.trees.queue.range(start..=end) {
+        for item in self
+            .inner
+            .state
+            .trees
+            .queue
+            .range::<[u8; 24], _>((start, end))
+        {
             let (key, value) = item?;
-            let (_, _, delivery_seq) = codec::split_queue_key(&key);
+            let (_, sort, delivery_seq) = codec::split_queue_key(&key);
             out.push(QueueEntry {
                 delivery_seq,
                 due_ms: codec::read_u64(&value),
+                sort,
             });
             if out.len() >= limit {
                 break;
@@ -441,10 +465,11 @@ impl Store {
         match self.inner.state.trees.queue.range(start..=end).next() {
             Some(item) => {
                 let (key, value) = item?;
-                let (_, _, delivery_seq) = codec::split_queue_key(&key);
+                let (_, sort, delivery_seq) = codec::split_queue_key(&key);
                 Ok(Some(QueueEntry {
                     delivery_seq,
                     due_ms: codec::read_u64(&value),
+                    sort,
                 }))
             }
             None => Ok(None),
