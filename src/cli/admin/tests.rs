@@ -1,6 +1,7 @@
 //! Tests of `admin`.
 
 use super::*;
+use crate::config::Config;
 
 fn no_env(_: &str) -> Option<String> {
     None
