@@ -65,6 +65,8 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
     let mut accepted = Vec::new();
     let mut positions = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
+        // A rejected event still shows the id it was sent with, when it had a string one.
+        let given_id = item.get("id").and_then(Value::as_str).map(str::to_string);
         let validated = match item {
             Value::Object(m) => validate(m, now),
             _ => Err(ApiError::invalid("each event must be a JSON object")),
@@ -76,7 +78,7 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
                 accepted.push(event);
             }
             Err(e) => results.push(json!({
-                "index": index, "id": null, "outcome": "rejected", "deliveries": 0,
+                "index": index, "id": given_id, "outcome": "rejected", "deliveries": 0,
                 "error": {"code": e.code, "message": e.message},
             })),
         }
