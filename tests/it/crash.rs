@@ -577,3 +577,53 @@ async fn sigterm_cuts_off_attempts_after_the_grace_and_they_are_made_again() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = TestReceiver::start().await;
+    receiver.set_default(Answer::status(200).delay(Duration::from_secs(30)));
+    let settings = Settings {
+        shutdown_grace: "60s",
+        timeout: "60s",
+    };
+    let mut d = Daemon::start(dir.path(), settings).await;
+    let ep = create_endpoint(&d.client, &receiver, 8).await;
+    let acked = ingest_batches(&d.client, &ids("t3_", 3)).await;
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+
+    // The first signal starts a drain that would wait up to 60 s for the attempts under way.
+    d.sigterm();
+    assert!(
+        d.wait_exit(Duration::from_millis(500)).await.is_none(),
+        "the first SIGTERM must wait for attempts in flight"
+    );
+    // While it drains, health says so and new requests are refused.
+    let health = request(d.client.addr, Method::GET, "/healthz", None, None).await;
+    assert!(
+        matches!(health, Ok((StatusCode::SERVICE_UNAVAILABLE, _))),
+        "healthz while stopping: {health:?}"
+    );
+    let sent = Instant::now();
+    d.sigterm();
+    let exit = d
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 5 s after a second SIGTERM; log:\n{}",
+                log_tail(dir.path())
+            )
+        });
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert_ne!(
+        exit.code(),
+        Some(0),
+        "an interrupted drain is not a clean exit"
+    );
+
+    // What was cut off is attempted again after the restart.
+    receiver.set_default(Answer::status(200));
+    d.restart().await;
+    assert_all_delivered(&d, &receiver, &acked, &ep).await;
+}
