@@ -37,8 +37,8 @@ struct Shared {
     done: Notify,
     /// Unix ms of the scheduler's last loop: the watchdog proves the scheduler is alive with it.
     heartbeat_ms: AtomicU64,
-    /// Queue entries of endpoints a status request may look at.
-    store: Mutex<Option<Store>>,
+    /// The store, for the queue figures a status request asks for.
+    store: std::sync::OnceLock<Store>,
 }
 
 #[derive(Default)]
@@ -58,13 +58,21 @@ struct EndpointRun {
 /// How long a queue cursor is trusted before the next read starts from the head again.
 const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
 
+impl Shared {
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.claimed.lock().expect("claims lock is never poisoned")
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, EndpointRun>> {
+        self.per_endpoint
+            .lock()
+            .expect("endpoint lock is never poisoned")
+    }
+}
+
 impl SchedulerHandle {
     pub fn is_in_flight(&self, delivery_seq: u64) -> bool {
-        self.shared
-            .claimed
-            .lock()
-            .expect("claims lock is never poisoned")
-            .contains(&delivery_seq)
+        self.shared.claims().contains(&delivery_seq)
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -73,31 +81,15 @@ impl SchedulerHandle {
 
     /// Pending deliveries of an endpoint that are not under way.
     pub fn endpoint_pending(&self, num: u64) -> u64 {
-        let store = self
-            .shared
-            .store
-            .lock()
-            .expect("store lock is never poisoned")
-            .clone();
+        let store = self.shared.store.get();
         let pending = store.map(|s| s.endpoint_pending(num)).unwrap_or(0);
-        let running = self
-            .shared
-            .per_endpoint
-            .lock()
-            .expect("endpoint lock is never poisoned")
-            .get(&num)
-            .map_or(0, |r| r.in_flight);
+        let running = self.shared.runs().get(&num).map_or(0, |r| r.in_flight);
         pending.saturating_sub(u64::from(running))
     }
 
     /// The due time of the oldest waiting delivery, looking at the head of each endpoint's queue.
     pub fn oldest_due_ms(&self) -> Option<u64> {
-        let store = self
-            .shared
-            .store
-            .lock()
-            .expect("store lock is never poisoned")
-            .clone()?;
+        let store = self.shared.store.get()?;
         store
             .endpoints()
             .iter()
@@ -137,11 +129,7 @@ impl Scheduler {
             max_retry_after: config.retry.max_retry_after,
         });
         let handle = SchedulerHandle::default();
-        *handle
-            .shared
-            .store
-            .lock()
-            .expect("store lock is never poisoned") = Some(store.clone());
+        let _ = handle.shared.store.set(store.clone());
         Ok(Scheduler {
             store,
             config,
@@ -249,12 +237,7 @@ impl Scheduler {
 
     /// How many attempts this endpoint may start now, and when it may start more if none.
     fn room(&self, ep: &Endpoint, now: u64) -> (usize, Option<u64>) {
-        let mut runs = self
-            .handle
-            .shared
-            .per_endpoint
-            .lock()
-            .expect("endpoint lock is never poisoned");
+        let mut runs = self.handle.shared.runs();
         let run = runs.entry(ep.num).or_default();
         let limit = if ep.ordered {
             1
@@ -289,12 +272,7 @@ impl Scheduler {
         note: &mut impl FnMut(u64),
     ) -> Result<Vec<u64>, crate::store::StoreError> {
         let cursor = {
-            let mut runs = self
-                .handle
-                .shared
-                .per_endpoint
-                .lock()
-                .expect("endpoint lock is never poisoned");
+            let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
             if run.in_flight == 0
                 || run
@@ -309,12 +287,7 @@ impl Scheduler {
         // releases its claim only after its outcome is committed, so an entry read here is either
         // still claimed or already settled. Checked after the read, an attempt could settle and
         // release in between, and its delivery would be sent again.
-        let claimed = self
-            .handle
-            .shared
-            .claimed
-            .lock()
-            .expect("claims lock is never poisoned");
+        let claimed = self.handle.shared.claims();
         if ep.ordered {
             // Only the head may go, and only when nothing of this endpoint is under way.
             let Some(head) = self.store.first_queue_entry(ep.num, 0)? else {
@@ -346,12 +319,7 @@ impl Scheduler {
         drop(claimed);
         let due: Vec<u64> = taken.iter().map(|e| e.delivery_seq).collect();
         if let Some(last) = taken.last() {
-            let mut runs = self
-                .handle
-                .shared
-                .per_endpoint
-                .lock()
-                .expect("endpoint lock is never poisoned");
+            let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
             let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
             run.cursor = Some(((last.sort, last.delivery_seq), since));
@@ -365,19 +333,9 @@ impl Scheduler {
     }
 
     fn claim(&self, ep: &Endpoint, seq: u64) {
-        self.handle
-            .shared
-            .claimed
-            .lock()
-            .expect("claims lock is never poisoned")
-            .insert(seq);
+        self.handle.shared.claims().insert(seq);
         self.handle.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut runs = self
-            .handle
-            .shared
-            .per_endpoint
-            .lock()
-            .expect("endpoint lock is never poisoned");
+        let mut runs = self.handle.shared.runs();
         let run = runs.entry(ep.num).or_default();
         run.in_flight += 1;
         if ep.rate_limit_per_second.is_some() {
@@ -386,19 +344,9 @@ impl Scheduler {
     }
 
     fn release(&self, endpoint_num: u64, seq: u64) {
-        self.handle
-            .shared
-            .claimed
-            .lock()
-            .expect("claims lock is never poisoned")
-            .remove(&seq);
+        self.handle.shared.claims().remove(&seq);
         self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let mut runs = self
-            .handle
-            .shared
-            .per_endpoint
-            .lock()
-            .expect("endpoint lock is never poisoned");
+        let mut runs = self.handle.shared.runs();
         if let Some(run) = runs.get_mut(&endpoint_num) {
             run.in_flight = run.in_flight.saturating_sub(1);
         }
