@@ -107,6 +107,8 @@ async fn start_and_run(
         ready: AtomicBool::new(false),
         storage_full: AtomicBool::new(false),
     });
+    // Backpressure holds from the first request, not from the first housekeeping round.
+    update_storage_figures(&state);
     let _ = slot.set(state.clone());
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
@@ -150,12 +152,7 @@ async fn watchdog(notifier: notify::Notifier, state: Arc<AppState>, shutdown: Sh
 async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
     let mut last_purge = Instant::now();
     loop {
-        let bytes = state.store.size_on_disk();
-        state.metrics.storage_bytes.set(bytes as i64);
-        let max = state.config.storage.max_bytes;
-        state
-            .storage_full
-            .store(max > 0 && bytes >= max, Ordering::Relaxed);
+        update_storage_figures(&state);
         if last_purge.elapsed() >= state.config.retention.interval {
             last_purge = Instant::now();
             purge(&state).await;
@@ -165,6 +162,16 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
             _ = shutdown.wait() => return,
         }
     }
+}
+
+/// Refreshes the store's size for `/metrics` and `storage.max_bytes` backpressure.
+fn update_storage_figures(state: &AppState) {
+    let bytes = state.store.size_on_disk();
+    state.metrics.storage_bytes.set(bytes as i64);
+    let max = state.config.storage.max_bytes;
+    state
+        .storage_full
+        .store(max > 0 && bytes >= max, Ordering::Relaxed);
 }
 
 /// Retention: final events and old dead letters, in small batches that never hold the writer long.
