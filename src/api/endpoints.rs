@@ -109,7 +109,7 @@ pub async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> ApiRes
 
 pub async fn delete(state: &AppState, id: &str) -> ApiResult {
     let ep = find(state, id)?;
-    if !state.store.delete_endpoint(ep.num, now_ms()).await? {
+    if !state.store.delete_endpoint(ep.num).await? {
         return Err(ApiError::not_found("endpoint"));
     }
     tracing::info!(endpoint_id = %id, "endpoint deleted");

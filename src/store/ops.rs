@@ -146,7 +146,7 @@ impl Store {
     }
 
     /// Deletes an endpoint and cancels its pending deliveries; false when it does not exist.
-    pub async fn delete_endpoint(&self, num: u64, now_ms: u64) -> Result<bool, StoreError> {
+    pub async fn delete_endpoint(&self, num: u64) -> Result<bool, StoreError> {
         let existed = self
             .write(true, move |tx| {
                 if tx.endpoint(num).is_none() {
@@ -165,7 +165,7 @@ impl Store {
             self.write(true, move |tx| {
                 for &(sort, seq, _) in &entries {
                     tx.remove(TreeId::Queue, &queue_key(num, sort, seq))?;
-                    cancel(tx, seq, now_ms)?;
+                    cancel(tx, seq)?;
                 }
                 Ok(())
             })
@@ -268,7 +268,7 @@ impl Store {
 
     /// Cancels one pending delivery (its event or endpoint is gone).
     pub async fn cancel_delivery(&self, seq: u64) -> Result<(), StoreError> {
-        self.write(false, move |tx| cancel(tx, seq, 0)).await
+        self.write(false, move |tx| cancel(tx, seq)).await
     }
 }
 
@@ -360,7 +360,7 @@ fn dequeue(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
     Ok(())
 }
 
-fn cancel(tx: &Tx<'_>, delivery_seq: u64, _now_ms: u64) -> TxResult<()> {
+fn cancel(tx: &Tx<'_>, delivery_seq: u64) -> TxResult<()> {
     let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(delivery_seq))? else {
         return Ok(());
     };
@@ -393,7 +393,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         return Ok(());
     }
     let Some(ep) = tx.endpoint(d.endpoint_num) else {
-        return cancel(tx, d.seq, s.attempt.at_ms);
+        return cancel(tx, d.seq);
     };
     dequeue(tx, &d)?;
     let was_retrying = d.attempts_in_round() > 0;
