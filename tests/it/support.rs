@@ -221,7 +221,12 @@ impl Client {
 }
 
 /// Sends one request on a fresh connection.
-pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> (StatusCode, HeaderMap, Bytes)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // A daemon that stops answering must fail the test, not hang it.
     tokio::time::timeout(Duration::from_secs(60), async {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -473,22 +478,7 @@ pub async fn send_chunked(
     if let Some(token) = token {
         req = req.header("authorization", format!("Bearer {token}"));
     }
-    let req = req.body(body).unwrap();
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.expect("request");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    (status, headers, body)
+    send(addr, req.body(body).unwrap()).await
 }
 
 impl Client {
