@@ -123,6 +123,7 @@ fn sample_event() -> Event {
         received_at_ms: 1_768_503_852_000,
         payload: payload.into_bytes(),
         content_hash: [7; 32],
+        initial_deliveries: vec![(2, 1)],
     }
 }
 

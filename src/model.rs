@@ -47,6 +47,11 @@ pub struct Event {
     pub payload: Vec<u8>,
     /// SHA-256 of partner, environment, type and canonical data: what idempotency compares.
     pub content_hash: [u8; 32],
+    /// The deliveries created with the event, as (delivery seq, endpoint num). Until its first
+    /// attempt settles, such a delivery has no record of its own: it is this entry plus its queue
+    /// entry, and reads as [`Delivery::initial`]. Deliveries added later (redeliver, recover) are
+    /// written as records from the start.
+    pub initial_deliveries: Vec<(u64, u64)>,
 }
 
 /// The idempotency record: event id → where the event is and what it contained.
@@ -185,6 +190,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery created with its event and not yet attempted: pending, due at reception.
+    pub fn initial(event_seq: u64, received_at_ms: u64, seq: u64, endpoint_num: u64) -> Delivery {
+        Delivery {
+            seq,
+            event_seq,
+            endpoint_num,
+            status: DeliveryStatus::Pending,
+            next_attempt_at_ms: Some(received_at_ms),
+            attempts: Vec::new(),
+            attempts_before_redrive: 0,
+            created_at_ms: received_at_ms,
+        }
+    }
+
     pub fn id(&self) -> String {
         delivery_id(self.seq)
     }

@@ -118,7 +118,7 @@ pub fn get(state: &AppState, id: &str) -> ApiResult {
         .store
         .event_by_id(id)?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let deliveries = state.store.event_deliveries(event.seq)?;
+    let deliveries = state.store.event_deliveries(&event)?;
     let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
     let deliveries: Vec<Value> = deliveries
         .iter()
@@ -176,7 +176,7 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
         None => {
             let mut nums: Vec<u64> = state
                 .store
-                .event_deliveries(event.seq)?
+                .event_deliveries(&event)?
                 .iter()
                 .map(|d| d.endpoint_num)
                 .collect();

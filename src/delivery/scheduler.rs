@@ -10,7 +10,7 @@ use super::retry::{self, AttemptResult, Decision, RetryPolicy};
 use crate::config::Config;
 use crate::model::{Attempt, DeadReason, Endpoint};
 use crate::shutdown::Shutdown;
-use crate::store::{SettleOutcome, Settlement, Store};
+use crate::store::{DeliveryKey, SettleOutcome, Settlement, Store};
 use crate::telemetry::Metrics;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -225,11 +225,11 @@ impl Scheduler {
                     continue;
                 }
             };
-            for seq in claimed {
-                self.claim(&ep, seq);
+            for key in claimed {
+                self.claim(&ep, key.seq);
                 let this = self.clone();
                 let ep = ep.clone();
-                tasks.spawn(async move { this.run_attempt(ep, seq).await });
+                tasks.spawn(async move { this.run_attempt(ep, key).await });
             }
         }
         next_due
@@ -270,7 +270,7 @@ impl Scheduler {
         now: u64,
         room: usize,
         note: &mut impl FnMut(u64),
-    ) -> Result<Vec<u64>, crate::store::StoreError> {
+    ) -> Result<Vec<DeliveryKey>, crate::store::StoreError> {
         let cursor = {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
@@ -293,7 +293,7 @@ impl Scheduler {
             let Some(head) = self.store.first_queue_entry(ep.num, 0)? else {
                 return Ok(vec![]);
             };
-            if claimed.contains(&head.delivery_seq) {
+            if claimed.contains(&head.delivery.seq) {
                 return Ok(vec![]);
             }
             drop(claimed);
@@ -301,7 +301,7 @@ impl Scheduler {
                 note(head.due_ms);
                 return Ok(vec![]);
             }
-            return Ok(vec![head.delivery_seq]);
+            return Ok(vec![head.delivery]);
         }
         // From the cursor on, entries are not claimed (claims sit before it), so `room` entries suffice;
         // from the head, the claimed ones are read and skipped.
@@ -313,16 +313,16 @@ impl Scheduler {
         let entries = self.store.queue_entries_after(ep.num, cursor, now, limit)?;
         let taken: Vec<&crate::store::QueueEntry> = entries
             .iter()
-            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery_seq))
+            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery.seq))
             .take(room)
             .collect();
         drop(claimed);
-        let due: Vec<u64> = taken.iter().map(|e| e.delivery_seq).collect();
+        let due: Vec<DeliveryKey> = taken.iter().map(|e| e.delivery).collect();
         if let Some(last) = taken.last() {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
             let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
-            run.cursor = Some(((last.sort, last.delivery_seq), since));
+            run.cursor = Some(((last.sort, last.delivery.seq), since));
         }
         if due.len() < room {
             if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
@@ -354,7 +354,7 @@ impl Scheduler {
         self.handle.shared.done.notify_one();
     }
 
-    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, seq: u64) {
+    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, key: DeliveryKey) {
         // Released on every path out, including an abort at the end of the shutdown grace.
         struct Release<'a>(&'a Scheduler, u64, u64);
         impl Drop for Release<'_> {
@@ -362,8 +362,8 @@ impl Scheduler {
                 self.0.release(self.1, self.2);
             }
         }
-        let _release = Release(&self, ep.num, seq);
-        if let Err(e) = self.attempt_and_settle(&ep, seq).await {
+        let _release = Release(&self, ep.num, key.seq);
+        if let Err(e) = self.attempt_and_settle(&ep, key).await {
             tracing::error!(error = %e, "settling an attempt failed; it will be attempted again");
         }
     }
@@ -371,14 +371,14 @@ impl Scheduler {
     async fn attempt_and_settle(
         &self,
         ep: &Endpoint,
-        seq: u64,
+        key: DeliveryKey,
     ) -> Result<(), crate::store::StoreError> {
-        let Some(delivery) = self.store.delivery(seq)? else {
-            return Ok(());
-        };
-        let Some(event) = self.store.event(delivery.event_seq)? else {
+        let Some(event) = self.store.event(key.event_seq)? else {
             // The event was purged under it: nothing can be sent, so the delivery leaves the queue.
-            return self.store.cancel_delivery(seq).await;
+            return self.store.cancel_delivery(key).await;
+        };
+        let Some(delivery) = self.store.delivery_of(&event, key.seq)? else {
+            return Ok(());
         };
         let n = delivery.attempts.len() as u32 + 1;
         let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);
@@ -431,7 +431,7 @@ impl Scheduler {
         let disable_after_ms = self.config.endpoints.disable_after.as_millis() as u64;
         self.store
             .settle(Settlement {
-                delivery_seq: seq,
+                delivery: key,
                 attempt,
                 outcome: outcome_kind,
                 disable_after_ms,

@@ -12,10 +12,15 @@ pub const MAX_RECORD_BYTES: u64 = 128 * 1024 * 1024;
 /// A value stored in sled: encoded as one version byte followed by bincode.
 ///
 /// When a record's shape changes, bump `VERSION`, keep the old shape as a private struct and
-/// convert it in `decode`, so a newer daemon reads an older daemon's data.
+/// convert it in `decode_older`, so a newer daemon reads an older daemon's data.
 pub trait Record: Serialize + DeserializeOwned {
     const VERSION: u8;
     const NAME: &'static str;
+
+    /// Decodes a record written with an older `version`; `None` when that version is unknown.
+    fn decode_older(_version: u8, _rest: &[u8]) -> Option<Result<Self, StoreError>> {
+        None
+    }
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
@@ -28,20 +33,30 @@ pub trait Record: Serialize + DeserializeOwned {
 
     fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
         match bytes.split_first() {
-            Some((&v, rest)) if v == Self::VERSION => options()
-                .deserialize(rest)
-                .map_err(|e| StoreError::Corrupt(format!("{} record: {e}", Self::NAME))),
-            Some((&v, _)) => Err(StoreError::Corrupt(format!(
-                "{} record has version {v}; this daemon reads version {}",
-                Self::NAME,
-                Self::VERSION
-            ))),
+            Some((&v, rest)) if v == Self::VERSION => deserialize(rest),
+            Some((&v, rest)) => Self::decode_older(v, rest).unwrap_or_else(|| {
+                Err(StoreError::Corrupt(format!(
+                    "{} record has version {v}; this daemon reads version {}",
+                    Self::NAME,
+                    Self::VERSION
+                )))
+            }),
             None => Err(StoreError::Corrupt(format!(
                 "{} record is empty",
                 Self::NAME
             ))),
         }
     }
+}
+
+fn deserialize<T: DeserializeOwned + Record>(bytes: &[u8]) -> Result<T, StoreError> {
+    deserialize_as(T::NAME, bytes)
+}
+
+fn deserialize_as<T: DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    options()
+        .deserialize(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("{name} record: {e}")))
 }
 
 fn options() -> impl Options {
@@ -52,8 +67,44 @@ fn options() -> impl Options {
 }
 
 impl Record for Event {
-    const VERSION: u8 = 1;
+    /// 2 added `initial_deliveries`.
+    const VERSION: u8 = 2;
     const NAME: &'static str = "event";
+
+    fn decode_older(version: u8, rest: &[u8]) -> Option<Result<Self, StoreError>> {
+        (version == 1).then(|| deserialize_as::<EventV1>("event", rest).map(EventV1::upgrade))
+    }
+}
+
+/// An event as version 1 stored it: every delivery of such an event has a record of its own.
+#[derive(serde::Deserialize)]
+struct EventV1 {
+    seq: u64,
+    id: String,
+    partner_id: String,
+    environment: crate::model::Environment,
+    event_type: String,
+    created_at: String,
+    received_at_ms: u64,
+    payload: Vec<u8>,
+    content_hash: [u8; 32],
+}
+
+impl EventV1 {
+    fn upgrade(self) -> Event {
+        Event {
+            seq: self.seq,
+            id: self.id,
+            partner_id: self.partner_id,
+            environment: self.environment,
+            event_type: self.event_type,
+            created_at: self.created_at,
+            received_at_ms: self.received_at_ms,
+            payload: self.payload,
+            content_hash: self.content_hash,
+            initial_deliveries: Vec::new(),
+        }
+    }
 }
 impl Record for EventIdRecord {
     const VERSION: u8 = 1;
@@ -91,7 +142,7 @@ pub fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-/// `(a, b)` as 16 sortable bytes: used for the event → deliveries index.
+/// `(a, b)` as 16 sortable bytes: a delivery's key is (event seq, delivery seq).
 pub fn pair_key(a: u64, b: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&a.to_be_bytes());
@@ -109,6 +160,16 @@ pub fn queue_key(endpoint_num: u64, sort: u64, delivery_seq: u64) -> [u8; 24] {
     key[8..16].copy_from_slice(&sort.to_be_bytes());
     key[16..].copy_from_slice(&delivery_seq.to_be_bytes());
     key
+}
+
+/// A queue entry's value: the due time and the delivery's event.
+pub fn queue_value(due_ms: u64, event_seq: u64) -> [u8; 16] {
+    pair_key(due_ms, event_seq)
+}
+
+/// Splits a queue entry's value into (due time, event seq).
+pub fn split_queue_value(value: &[u8]) -> (u64, u64) {
+    (read_u64(value), read_u64(value.get(8..).unwrap_or(&[])))
 }
 
 /// Splits a queue key into (endpoint, sort, delivery).
@@ -136,6 +197,7 @@ mod tests {
             received_at_ms: 1_768_503_852_000,
             payload: br#"{"id":"evt_7b2"}"#.to_vec(),
             content_hash: [3; 32],
+            initial_deliveries: vec![(8, 2), (9, 5)],
         }
     }
 
@@ -165,9 +227,21 @@ mod tests {
         let bytes = sample_event().encode();
         assert_eq!(
             hex(&bytes),
-            include_str!("../../tests/fixtures/golden/event.v1.hex").trim()
+            include_str!("../../tests/fixtures/golden/event.v2.hex").trim()
         );
         assert_eq!(Event::decode(&bytes).unwrap(), sample_event());
+    }
+
+    /// Version 1 events (written before deliveries were keyed under their event) still read.
+    #[test]
+    fn version_1_event_reads_with_no_initial_deliveries() {
+        let v1 = unhex(include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        assert_eq!(v1[0], 1);
+        let expected = Event {
+            initial_deliveries: Vec::new(),
+            ..sample_event()
+        };
+        assert_eq!(Event::decode(&v1).unwrap(), expected);
     }
 
     #[test]
@@ -273,7 +347,15 @@ mod tests {
         assert!(queue_key(1, u64::MAX, 9) < queue_key(2, 0, 0));
         assert_eq!(split_queue_key(&queue_key(3, 4, 5)), (3, 4, 5));
         assert!(pair_key(1, 300) < pair_key(2, 1));
+        assert_eq!(split_queue_value(&queue_value(5, 6)), (5, 6));
         assert_eq!(read_u64(&u64_key(42)), 42);
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -8,11 +8,16 @@
 //! | `event_ids` | event id text | [`EventIdRecord`] (idempotency) |
 //! | `endpoints` | endpoint num | [`Endpoint`] |
 //! | `health` | endpoint num | [`EndpointHealth`] |
-//! | `deliveries` | delivery seq | [`Delivery`] |
-//! | `event_deliveries` | event seq, delivery seq | empty (index) |
-//! | `queue` | endpoint num, sort, delivery seq | due time, unix ms (the due-time index) |
+//! | `deliveries` | event seq, delivery seq | [`Delivery`], once attempted (see below) |
+//! | `queue` | endpoint num, sort, delivery seq | due time (unix ms), event seq: the due-time index |
 //! | `dead_letters` | dead letter seq | [`DeadLetter`] |
 //! | `meta` | name | [`Counters`], schema version, id counter, per-endpoint pending counts |
+//!
+//! A delivery created with its event is stored as its queue entry and its place in the event's
+//! `initial_deliveries`; its own record is written when its first attempt settles (or it is
+//! cancelled). That keeps ingest at three writes per event and delivery: the event, its id record
+//! and the queue entry. Deliveries added later (redeliver, recover) get a record at once. Keying
+//! deliveries under their event lists an event's deliveries with one prefix scan.
 //!
 //! Every change goes through [`Store::write`]: one writer thread applies all queued changes in one sled
 //! transaction, and a syncer thread makes them durable (`flush` then `fdatasync`) before answering the
@@ -37,7 +42,9 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Values up to a quarter of it (minus a header) are written inline in the log that `fdatasync` covers;
 /// larger ones become blob files, which the syncer fsyncs too.
 const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
-const SCHEMA_VERSION: u64 = 1;
+/// 2: deliveries keyed by (event, delivery), queue values carry the event, no `event_deliveries`
+/// tree, initial deliveries without records. A version 1 store is migrated when opened.
+const SCHEMA_VERSION: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,21 +119,19 @@ pub(crate) struct Trees {
     pub endpoints: sled::Tree,
     pub health: sled::Tree,
     pub deliveries: sled::Tree,
-    pub event_deliveries: sled::Tree,
     pub queue: sled::Tree,
     pub dead_letters: sled::Tree,
     pub meta: sled::Tree,
 }
 
 impl Trees {
-    pub(crate) fn all(&self) -> [&sled::Tree; 9] {
+    pub(crate) fn all(&self) -> [&sled::Tree; 8] {
         [
             &self.events,
             &self.event_ids,
             &self.endpoints,
             &self.health,
             &self.deliveries,
-            &self.event_deliveries,
             &self.queue,
             &self.dead_letters,
             &self.meta,
@@ -134,12 +139,19 @@ impl Trees {
     }
 }
 
+/// Where a delivery is: its event and its own number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub event_seq: u64,
+    pub seq: u64,
+}
+
 /// One entry of an endpoint's queue, as the scheduler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueEntry {
-    pub delivery_seq: u64,
+    pub delivery: DeliveryKey,
     pub due_ms: u64,
-    /// The entry's sort position: with `delivery_seq`, where it stands in the queue.
+    /// The entry's sort position: with the delivery seq, where it stands in the queue.
     pub sort: u64,
 }
 
@@ -160,7 +172,6 @@ impl Store {
             endpoints: open("endpoints")?,
             health: open("health")?,
             deliveries: open("deliveries")?,
-            event_deliveries: open("event_deliveries")?,
             queue: open("queue")?,
             dead_letters: open("dead_letters")?,
             meta: open("meta")?,
@@ -172,6 +183,7 @@ impl Store {
                     .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
             }
             Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
+            Some(v) if codec::read_u64(&v) == 1 => migrate_from_1(&db, &trees, dir)?,
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
                 "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
@@ -314,26 +326,40 @@ impl Store {
         get(&self.inner.state.trees.events, seq)
     }
 
-    pub fn delivery(&self, seq: u64) -> Result<Option<Delivery>, StoreError> {
-        get(&self.inner.state.trees.deliveries, seq)
+    /// One delivery of an event already read: its record, or its entry in `event`.
+    pub fn delivery_of(&self, event: &Event, seq: u64) -> Result<Option<Delivery>, StoreError> {
+        match self
+            .inner
+            .state
+            .trees
+            .deliveries
+            .get(codec::pair_key(event.seq, seq))?
+        {
+            Some(v) => Ok(Some(Delivery::decode(&v)?)),
+            None => Ok(initial_delivery(event, seq)),
+        }
     }
 
     /// The deliveries of one event, oldest first.
-    pub fn event_deliveries(&self, event_seq: u64) -> Result<Vec<Delivery>, StoreError> {
-        let mut out = Vec::new();
+    pub fn event_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        let mut recorded = BTreeMap::new();
         for item in self
             .inner
             .state
             .trees
-            .event_deliveries
-            .scan_prefix(codec::u64_key(event_seq))
+            .deliveries
+            .scan_prefix(codec::u64_key(event.seq))
         {
-            let (key, _) = item?;
-            if let Some(d) = self.delivery(codec::read_u64(&key[8..]))? {
-                out.push(d);
-            }
+            let (_, v) = item?;
+            let d = Delivery::decode(&v)?;
+            recorded.insert(d.seq, d);
         }
-        Ok(out)
+        for &(seq, endpoint_num) in &event.initial_deliveries {
+            recorded.entry(seq).or_insert_with(|| {
+                Delivery::initial(event.seq, event.received_at_ms, seq, endpoint_num)
+            });
+        }
+        Ok(recorded.into_values().collect())
     }
 
     /// Events received at or after `since_ms`, in reception order, starting after event seq `after`.
@@ -419,12 +445,7 @@ impl Store {
             .range::<[u8; 24], _>((start, end))
         {
             let (key, value) = item?;
-            let (_, sort, delivery_seq) = codec::split_queue_key(&key);
-            out.push(QueueEntry {
-                delivery_seq,
-                due_ms: codec::read_u64(&value),
-                sort,
-            });
+            out.push(queue_entry(&key, &value));
             if out.len() >= limit {
                 break;
             }
@@ -432,12 +453,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` queue entries of an endpoint as (sort, delivery seq, due).
+    /// Up to `limit` queue entries of an endpoint, from its head.
     pub(crate) fn queue_entries_raw(
         &self,
         endpoint_num: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    ) -> Result<Vec<QueueEntry>, StoreError> {
         let mut out = Vec::new();
         for item in self
             .inner
@@ -448,8 +469,7 @@ impl Store {
             .take(limit)
         {
             let (key, value) = item?;
-            let (_, sort, seq) = codec::split_queue_key(&key);
-            out.push((sort, seq, codec::read_u64(&value)));
+            out.push(queue_entry(&key, &value));
         }
         Ok(out)
     }
@@ -465,12 +485,7 @@ impl Store {
         match self.inner.state.trees.queue.range(start..=end).next() {
             Some(item) => {
                 let (key, value) = item?;
-                let (_, sort, delivery_seq) = codec::split_queue_key(&key);
-                Ok(Some(QueueEntry {
-                    delivery_seq,
-                    due_ms: codec::read_u64(&value),
-                    sort,
-                }))
+                Ok(Some(queue_entry(&key, &value)))
             }
             None => Ok(None),
         }
@@ -550,9 +565,78 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
     })
 }
 
+fn queue_entry(key: &[u8], value: &[u8]) -> QueueEntry {
+    let (_, sort, seq) = codec::split_queue_key(key);
+    let (due_ms, event_seq) = codec::split_queue_value(value);
+    QueueEntry {
+        delivery: DeliveryKey { event_seq, seq },
+        due_ms,
+        sort,
+    }
+}
+
+/// The delivery `seq` as it stands before its first attempt, if the event created it.
+pub(crate) fn initial_delivery(event: &Event, seq: u64) -> Option<Delivery> {
+    event
+        .initial_deliveries
+        .iter()
+        .find(|(s, _)| *s == seq)
+        .map(|&(seq, endpoint_num)| {
+            Delivery::initial(event.seq, event.received_at_ms, seq, endpoint_num)
+        })
+}
+
+/// Brings a version 1 store to version 2, in place. Every step can run again after a crash: a
+/// queue value of 8 bytes and a delivery key of 8 bytes are the old forms, and each is rewritten
+/// (new form written, then the old one removed) until none is left.
+fn migrate_from_1(db: &sled::Db, trees: &Trees, dir: &Path) -> Result<(), StoreError> {
+    tracing::info!("migrating the store from schema version 1 to 2");
+    // Queue entries first: they find their event through the old delivery records.
+    for item in trees.queue.iter() {
+        let (key, value) = item?;
+        if value.len() != 8 {
+            continue;
+        }
+        let (_, _, seq) = codec::split_queue_key(&key);
+        let event_seq = match trees.deliveries.get(codec::u64_key(seq))? {
+            Some(v) => Delivery::decode(&v)?.event_seq,
+            None => {
+                // A queue entry without its delivery cannot be attempted; version 1 never left one.
+                trees.queue.remove(&key)?;
+                continue;
+            }
+        };
+        trees.queue.insert(
+            &key,
+            &codec::queue_value(codec::read_u64(&value), event_seq),
+        )?;
+    }
+    for item in trees.deliveries.iter() {
+        let (key, value) = item?;
+        if key.len() != 8 {
+            continue;
+        }
+        let d = Delivery::decode(&value)?;
+        trees
+            .deliveries
+            .insert(codec::pair_key(d.event_seq, d.seq), value)?;
+        trees.deliveries.remove(&key)?;
+    }
+    db.drop_tree("event_deliveries")?;
+    trees
+        .meta
+        .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
+    db.flush()?;
+    File::open(dir.join("db"))?.sync_all()?;
+    Ok(())
+}
+
 fn get<T: Record>(tree: &sled::Tree, seq: u64) -> Result<Option<T>, StoreError> {
     match tree.get(codec::u64_key(seq))? {
         Some(v) => Ok(Some(T::decode(&v)?)),
         None => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests;

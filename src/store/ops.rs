@@ -1,8 +1,8 @@
 //! The store's transactions: every state change of the daemon, each one atomic.
 
-use super::codec::{pair_key, queue_key, u64_key};
+use super::codec::{pair_key, queue_key, queue_value, u64_key};
 use super::writer::{TreeId, Tx, TxResult};
-use super::{Store, StoreError};
+use super::{DeliveryKey, QueueEntry, Store, StoreError};
 use crate::model::{
     Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth,
     Environment, Event, EventIdRecord,
@@ -44,7 +44,7 @@ pub enum IngestOutcome {
 /// How one attempt ended, as the scheduler decided it.
 #[derive(Debug, Clone)]
 pub struct Settlement {
-    pub delivery_seq: u64,
+    pub delivery: DeliveryKey,
     pub attempt: Attempt,
     pub outcome: SettleOutcome,
     /// Disable the endpoint when it has failed without a success for this long.
@@ -120,10 +120,16 @@ impl Store {
             let Some(ep) = self.endpoint(num) else {
                 return Ok(());
             };
-            let wrong: Vec<(u64, u64, u64)> = self
+            let wrong: Vec<QueueEntry> = self
                 .queue_entries_raw(num, CHUNK)?
                 .into_iter()
-                .filter(|&(sort, _, due)| if ep.ordered { sort != 0 } else { sort != due })
+                .filter(|e| {
+                    if ep.ordered {
+                        e.sort != 0
+                    } else {
+                        e.sort != e.due_ms
+                    }
+                })
                 .collect();
             if wrong.is_empty() {
                 return Ok(());
@@ -132,11 +138,11 @@ impl Store {
                 let Some(ep) = tx.endpoint(num) else {
                     return Ok(());
                 };
-                for &(sort, seq, due) in &wrong {
-                    let key = queue_key(num, sort, seq);
+                for e in &wrong {
+                    let key = queue_key(num, e.sort, e.delivery.seq);
                     if tx.get_raw(TreeId::Queue, &key)?.is_some() {
                         tx.remove(TreeId::Queue, &key)?;
-                        enqueue(tx, &ep, seq, due)?;
+                        enqueue(tx, &ep, e.delivery, e.due_ms)?;
                     }
                 }
                 Ok(())
@@ -163,9 +169,9 @@ impl Store {
                 return Ok(existed);
             }
             self.write(true, move |tx| {
-                for &(sort, seq, _) in &entries {
-                    tx.remove(TreeId::Queue, &queue_key(num, sort, seq))?;
-                    cancel(tx, seq)?;
+                for e in &entries {
+                    tx.remove(TreeId::Queue, &queue_key(num, e.sort, e.delivery.seq))?;
+                    cancel(tx, e.delivery)?;
                 }
                 Ok(())
             })
@@ -193,7 +199,13 @@ impl Store {
                 if tx.get_raw(TreeId::Events, &u64_key(event_seq))?.is_none() {
                     continue;
                 }
-                add_delivery(tx, event_seq, &ep, now_ms)?;
+                let d = Delivery {
+                    seq: tx.generate_id()?,
+                    ..Delivery::initial(event_seq, now_ms, 0, endpoint_num)
+                };
+                tx.put(TreeId::Deliveries, &pair_key(event_seq, d.seq), &d)?;
+                enqueue(tx, &ep, delivery_key(&d), now_ms)?;
+                count_new_delivery(tx, ep.num);
                 // Tells a retention pass that scanned this event earlier to leave it alone.
                 tx.put_raw(TreeId::Meta, &redelivered_key(event_seq), &u64_key(now_ms))?;
                 n += 1;
@@ -244,7 +256,7 @@ impl Store {
             if ev.received_at_ms >= before_ms || events.len() >= limit {
                 break;
             }
-            let deliveries = self.event_deliveries(ev.seq)?;
+            let deliveries = self.event_deliveries(&ev)?;
             if deliveries.iter().all(|d| d.status.is_final()) {
                 events.push((
                     ev.seq,
@@ -267,8 +279,8 @@ impl Store {
     }
 
     /// Cancels one pending delivery (its event or endpoint is gone).
-    pub async fn cancel_delivery(&self, seq: u64) -> Result<(), StoreError> {
-        self.write(false, move |tx| cancel(tx, seq)).await
+    pub async fn cancel_delivery(&self, key: DeliveryKey) -> Result<(), StoreError> {
+        self.write(false, move |tx| cancel(tx, key)).await
     }
 }
 
@@ -283,11 +295,17 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
         });
     }
     let seq = tx.generate_id()?;
-    let mut deliveries = 0u32;
+    let mut initial_deliveries = Vec::new();
     tx.for_matching_endpoints(
         |ep| {
-            add_delivery(tx, seq, ep, ev.received_at_ms)?;
-            deliveries += 1;
+            // No delivery record yet: the queue entry and the event's list stand for it.
+            let key = DeliveryKey {
+                event_seq: seq,
+                seq: tx.generate_id()?,
+            };
+            enqueue(tx, ep, key, ev.received_at_ms)?;
+            count_new_delivery(tx, ep.num);
+            initial_deliveries.push((key.seq, ep.num));
             Ok(())
         },
         |ep| match ev.only_endpoint {
@@ -305,7 +323,9 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
         received_at_ms: ev.received_at_ms,
         payload: ev.payload.clone(),
         content_hash: ev.content_hash,
+        initial_deliveries,
     };
+    let deliveries = event.initial_deliveries.len() as u32;
     tx.put(TreeId::Events, &u64_key(seq), &event)?;
     let rec = EventIdRecord {
         event_seq: seq,
@@ -317,51 +337,65 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
     Ok(IngestOutcome::Accepted { deliveries })
 }
 
-/// A new pending delivery of a stored event, due now.
-fn add_delivery(tx: &Tx<'_>, event_seq: u64, ep: &Endpoint, now_ms: u64) -> TxResult<()> {
-    let seq = tx.generate_id()?;
-    let d = Delivery {
-        seq,
-        event_seq,
-        endpoint_num: ep.num,
-        status: DeliveryStatus::Pending,
-        next_attempt_at_ms: Some(now_ms),
-        attempts: Vec::new(),
-        attempts_before_redrive: 0,
-        created_at_ms: now_ms,
-    };
-    tx.put(TreeId::Deliveries, &u64_key(seq), &d)?;
-    tx.put_raw(TreeId::EventDeliveries, &pair_key(event_seq, seq), &[])?;
-    enqueue(tx, ep, seq, now_ms)?;
-    tx.pending_delta(ep.num, 1);
+/// Counts a new pending delivery to endpoint `endpoint_num`.
+fn count_new_delivery(tx: &Tx<'_>, endpoint_num: u64) {
+    tx.pending_delta(endpoint_num, 1);
     let mut c = tx.counters();
     c.deliveries_created += 1;
     c.pending += 1;
-    Ok(())
 }
 
-fn enqueue(tx: &Tx<'_>, ep: &Endpoint, delivery_seq: u64, due_ms: u64) -> TxResult<()> {
+fn delivery_key(d: &Delivery) -> DeliveryKey {
+    DeliveryKey {
+        event_seq: d.event_seq,
+        seq: d.seq,
+    }
+}
+
+/// A delivery as the group sees it: its record, or before its first attempt, its event's entry.
+fn load_delivery(tx: &Tx<'_>, key: DeliveryKey) -> TxResult<Option<Delivery>> {
+    if let Some(d) = tx.get::<Delivery>(TreeId::Deliveries, &pair_key(key.event_seq, key.seq))? {
+        return Ok(Some(d));
+    }
+    let Some(event) = tx.get::<Event>(TreeId::Events, &u64_key(key.event_seq))? else {
+        return Ok(None);
+    };
+    Ok(super::initial_delivery(&event, key.seq))
+}
+
+fn put_delivery(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
+    tx.put(TreeId::Deliveries, &pair_key(d.event_seq, d.seq), d)
+}
+
+fn enqueue(tx: &Tx<'_>, ep: &Endpoint, key: DeliveryKey, due_ms: u64) -> TxResult<()> {
     let sort = if ep.ordered { 0 } else { due_ms };
     tx.put_raw(
         TreeId::Queue,
-        &queue_key(ep.num, sort, delivery_seq),
-        &u64_key(due_ms),
+        &queue_key(ep.num, sort, key.seq),
+        &queue_value(due_ms, key.event_seq),
     )?;
     tx.wake_scheduler();
     Ok(())
 }
 
-/// Removes a delivery's queue entry, whichever form (ordered or not) it was written in.
+/// Removes a delivery's queue entry, whichever form (ordered or not) it was written in. Only an
+/// entry that exists is removed: in sled a removal is a write, even of a missing key.
 fn dequeue(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
-    tx.remove(TreeId::Queue, &queue_key(d.endpoint_num, 0, d.seq))?;
-    if let Some(due) = d.next_attempt_at_ms {
-        tx.remove(TreeId::Queue, &queue_key(d.endpoint_num, due, d.seq))?;
+    let mut sorts = vec![0];
+    if let Some(due) = d.next_attempt_at_ms.filter(|&due| due != 0) {
+        sorts.push(due);
+    }
+    for sort in sorts {
+        let key = queue_key(d.endpoint_num, sort, d.seq);
+        if tx.get_raw(TreeId::Queue, &key)?.is_some() {
+            tx.remove(TreeId::Queue, &key)?;
+        }
     }
     Ok(())
 }
 
-fn cancel(tx: &Tx<'_>, delivery_seq: u64) -> TxResult<()> {
-    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(delivery_seq))? else {
+fn cancel(tx: &Tx<'_>, key: DeliveryKey) -> TxResult<()> {
+    let Some(mut d) = load_delivery(tx, key)? else {
         return Ok(());
     };
     if d.status != DeliveryStatus::Pending {
@@ -371,7 +405,7 @@ fn cancel(tx: &Tx<'_>, delivery_seq: u64) -> TxResult<()> {
     let was_retrying = d.attempts_in_round() > 0;
     d.status = DeliveryStatus::Cancelled;
     d.next_attempt_at_ms = None;
-    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+    put_delivery(tx, &d)?;
     tx.pending_delta(d.endpoint_num, -1);
     let mut c = tx.counters();
     c.pending -= 1;
@@ -383,17 +417,17 @@ fn cancel(tx: &Tx<'_>, delivery_seq: u64) -> TxResult<()> {
 }
 
 fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
-    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(s.delivery_seq))? else {
+    let Some(mut d) = load_delivery(tx, s.delivery)? else {
         return Ok(());
     };
     if d.status != DeliveryStatus::Pending {
         // Cancelled while the attempt ran: keep the log, change nothing else.
         d.attempts.push(s.attempt.clone());
-        tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
+        put_delivery(tx, &d)?;
         return Ok(());
     }
     let Some(ep) = tx.endpoint(d.endpoint_num) else {
-        return cancel(tx, d.seq);
+        return cancel(tx, s.delivery);
     };
     dequeue(tx, &d)?;
     let was_retrying = d.attempts_in_round() > 0;
@@ -422,7 +456,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         }
         SettleOutcome::Retry { at_ms } => {
             d.next_attempt_at_ms = Some(at_ms);
-            enqueue(tx, &ep, d.seq, at_ms)?;
+            enqueue(tx, &ep, s.delivery, at_ms)?;
             note_failure(&mut health, now);
             let mut c = tx.counters();
             if !was_retrying {
@@ -482,8 +516,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         }
     }
     tx.put(TreeId::Health, &u64_key(ep.num), &health)?;
-    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
-    Ok(())
+    put_delivery(tx, &d)
 }
 
 fn note_failure(health: &mut EndpointHealth, now: u64) {
@@ -498,7 +531,11 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
     };
     tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
     tx.counters().dead_letters -= 1;
-    let Some(mut d) = tx.get::<Delivery>(TreeId::Deliveries, &u64_key(dl.delivery_seq))? else {
+    let key = DeliveryKey {
+        event_seq: dl.event_seq,
+        seq: dl.delivery_seq,
+    };
+    let Some(mut d) = load_delivery(tx, key)? else {
         return Ok(true);
     };
     let Some(ep) = tx.endpoint(d.endpoint_num) else {
@@ -510,8 +547,8 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
     d.status = DeliveryStatus::Pending;
     d.attempts_before_redrive = d.attempts.len() as u32;
     d.next_attempt_at_ms = Some(now_ms);
-    tx.put(TreeId::Deliveries, &u64_key(d.seq), &d)?;
-    enqueue(tx, &ep, d.seq, now_ms)?;
+    put_delivery(tx, &d)?;
+    enqueue(tx, &ep, key, now_ms)?;
     tx.pending_delta(ep.num, 1);
     tx.counters().pending += 1;
     Ok(true)
@@ -535,14 +572,16 @@ fn purge(
             tx.remove(TreeId::Meta, &redelivered_key(*event_seq))?;
         }
         for &dseq in deliveries {
-            let d: Option<Delivery> = tx.get(TreeId::Deliveries, &u64_key(dseq))?;
-            if d.is_some_and(|d| !d.status.is_final()) {
+            let key = DeliveryKey {
+                event_seq: *event_seq,
+                seq: dseq,
+            };
+            if load_delivery(tx, key)?.is_some_and(|d| !d.status.is_final()) {
                 continue 'events;
             }
         }
         for &dseq in deliveries {
-            tx.remove(TreeId::EventDeliveries, &pair_key(*event_seq, dseq))?;
-            tx.remove(TreeId::Deliveries, &u64_key(dseq))?;
+            tx.remove(TreeId::Deliveries, &pair_key(*event_seq, dseq))?;
         }
         tx.remove(TreeId::Events, &u64_key(*event_seq))?;
         tx.remove(TreeId::EventIds, id.as_bytes())?;

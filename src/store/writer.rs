@@ -30,10 +30,9 @@ pub enum TreeId {
     Endpoints = 2,
     Health = 3,
     Deliveries = 4,
-    EventDeliveries = 5,
-    Queue = 6,
-    DeadLetters = 7,
-    Meta = 8,
+    Queue = 5,
+    DeadLetters = 6,
+    Meta = 7,
 }
 
 /// A change's view of the group transaction.

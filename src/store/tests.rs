@@ -1,0 +1,185 @@
+//! Store tests that need sled itself: opening a store written in an older layout.
+
+use super::codec::{pair_key, queue_key, u64_key, Record};
+use super::{DeliveryKey, Store, SEGMENT_SIZE};
+use crate::model::{Delivery, DeliveryStatus, Endpoint, Environment, Event, EventIdRecord};
+
+fn endpoint() -> Endpoint {
+    Endpoint {
+        num: 1,
+        partner_id: "acme-health".into(),
+        environment: Environment::Production,
+        url: "https://hooks.acme.example/preflix".into(),
+        event_types: vec!["*".into()],
+        description: String::new(),
+        headers: Vec::new(),
+        ordered: false,
+        max_in_flight: 4,
+        rate_limit_per_second: None,
+        enabled: true,
+        disabled_reason: None,
+        created_at_ms: 1,
+        secrets: Vec::new(),
+    }
+}
+
+fn event() -> Event {
+    Event {
+        seq: 2,
+        id: "evt_old".into(),
+        partner_id: "acme-health".into(),
+        environment: Environment::Production,
+        event_type: "audit.completed".into(),
+        created_at: "2026-01-15T19:04:12Z".into(),
+        received_at_ms: 1_000,
+        payload: br#"{"id":"evt_old"}"#.to_vec(),
+        content_hash: [4; 32],
+        initial_deliveries: Vec::new(),
+    }
+}
+
+/// An event as schema version 1 stored it: version byte 1 and no `initial_deliveries` (whose
+/// empty list is the last byte of today's encoding).
+fn event_v1_bytes(ev: &Event) -> Vec<u8> {
+    let mut bytes = ev.encode();
+    assert_eq!(
+        bytes.pop(),
+        Some(0),
+        "an empty list encodes as one zero byte"
+    );
+    bytes[0] = 1;
+    bytes
+}
+
+fn delivery(seq: u64, status: DeliveryStatus) -> Delivery {
+    Delivery {
+        status,
+        next_attempt_at_ms: (status == DeliveryStatus::Pending).then_some(1_000),
+        ..Delivery::initial(2, 1_000, seq, 1)
+    }
+}
+
+/// Writes a schema version 1 store: one endpoint, one event with a pending delivery (3, queued)
+/// and a succeeded one (4). Delivery 4 also exists under its new key, as if a migration had been
+/// cut short between writing the new key and removing the old one.
+fn write_version_1_store(dir: &std::path::Path) {
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .unwrap();
+    let tree = |name: &str| db.open_tree(name).unwrap();
+    tree("endpoints")
+        .insert(u64_key(1), endpoint().encode())
+        .unwrap();
+    tree("events")
+        .insert(u64_key(2), event_v1_bytes(&event()))
+        .unwrap();
+    let id = EventIdRecord {
+        event_seq: 2,
+        content_hash: [4; 32],
+        deliveries: 2,
+    };
+    tree("event_ids").insert("evt_old", id.encode()).unwrap();
+    let pending = delivery(3, DeliveryStatus::Pending);
+    let done = delivery(4, DeliveryStatus::Succeeded);
+    tree("deliveries")
+        .insert(u64_key(3), pending.encode())
+        .unwrap();
+    tree("deliveries")
+        .insert(u64_key(4), done.encode())
+        .unwrap();
+    tree("deliveries")
+        .insert(pair_key(2, 4), done.encode())
+        .unwrap();
+    for seq in [3, 4] {
+        tree("event_deliveries")
+            .insert(pair_key(2, seq), &[])
+            .unwrap();
+    }
+    tree("queue")
+        .insert(queue_key(1, 1_000, 3), &u64_key(1_000))
+        .unwrap();
+    let meta = tree("meta");
+    meta.insert("schema", &u64_key(1)).unwrap();
+    meta.insert("next_id", &u64_key(4)).unwrap();
+    let mut pending_key = b"pending/".to_vec();
+    pending_key.extend_from_slice(&u64_key(1));
+    meta.insert(pending_key, &u64_key(1)).unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_version_1_store_is_migrated_when_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    write_version_1_store(&dir);
+
+    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let ev = store
+        .event_by_id("evt_old")
+        .unwrap()
+        .expect("the event reads");
+    assert!(ev.initial_deliveries.is_empty());
+    let deliveries = store.event_deliveries(&ev).unwrap();
+    let seen: Vec<(u64, DeliveryStatus)> = deliveries.iter().map(|d| (d.seq, d.status)).collect();
+    assert_eq!(
+        seen,
+        vec![(3, DeliveryStatus::Pending), (4, DeliveryStatus::Succeeded)]
+    );
+    let queue = store.queue_entries_raw(1, 10).unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(
+        queue[0].delivery,
+        DeliveryKey {
+            event_seq: 2,
+            seq: 3
+        }
+    );
+    assert_eq!(queue[0].due_ms, 1_000);
+    assert_eq!(store.delivery_of(&ev, 3).unwrap().unwrap().seq, 3);
+    assert_eq!(store.endpoint_pending(1), 1);
+    let state = &store.inner.state;
+    assert!(
+        state
+            .trees
+            .deliveries
+            .iter()
+            .keys()
+            .all(|k| k.unwrap().len() == 16),
+        "no delivery is left under its old key"
+    );
+    assert!(!state
+        .db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == b"event_deliveries"));
+    store.close().unwrap();
+    drop(store);
+
+    // Opening again finds version 2 and changes nothing.
+    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let ev = store.event_by_id("evt_old").unwrap().unwrap();
+    assert_eq!(store.event_deliveries(&ev).unwrap().len(), 2);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_store_of_an_unknown_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    {
+        let db = sled::Config::new()
+            .path(&dir)
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema", &u64_key(99))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(&dir, 8 * 1024 * 1024).err().expect("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
