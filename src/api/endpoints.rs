@@ -273,7 +273,7 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
             {
                 continue;
             }
-            let covered = state.store.event_deliveries(&ev)?.iter().any(|d| {
+            let covered = state.store.event_deliveries(ev)?.iter().any(|d| {
                 d.endpoint_num == ep.num
                     && matches!(
                         d.status,
