@@ -40,6 +40,11 @@
 //! receiver workers, each; default 2), `--shared-rt` (client and receiver on the daemon's runtime).
 //! The daemon's warnings go to stderr; `RUST_LOG` changes the level.
 
+/// mimalloc instead of glibc's malloc: sled clones tree nodes on every split and consolidation, and
+/// glibc's allocator took a quarter of the store writer's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;

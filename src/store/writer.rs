@@ -4,7 +4,9 @@
 //! and answers the changes that did not ask for durability. The durable ones go to the syncer, which
 //! drains what has gathered, calls sled's `flush` (which on Linux ends in `sync_file_range` and does not
 //! empty the drive cache), then `fdatasync`s sled's data file and any new blob file, and only then answers.
-//! While the syncer waits on the disk, the writer already applies the next group.
+//! While the syncer waits on `fdatasync`, the writer already applies the next group. (sled's `flush`
+//! holds sled's global lock in shared mode while it writes, and a transaction needs it exclusively, so
+//! the writer waits for that part.)
 
 use super::codec::Record;
 use super::{Counters, State, StoreError};
@@ -288,12 +290,22 @@ fn writer_loop(
     receiver: &mpsc::Receiver<Op>,
     sync_tx: &mpsc::Sender<Vec<(Reply, Box<dyn Any + Send>)>>,
 ) {
+    let mut last_commit_end = std::time::Instant::now();
     while let Ok(first) = receiver.recv() {
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
+        drain(receiver, &mut group);
+        // Changes that need no sync (settled attempts) arriving in a steady trickle are gathered for
+        // a moment so that one commit carries many: each commit has a fixed cost and blocks every
+        // reader of the store while it runs. Only when the writer was busy just before (no delay
+        // for an idle daemon), in short slices, and a durable change ends the wait.
+        if last_commit_end.elapsed() < GATHER_FOR {
+            let until = std::time::Instant::now() + GATHER_FOR;
+            while group.len() < SMALL_GROUP
+                && group.iter().all(|op| !op.durable)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(GATHER_SLICE);
+                drain(receiver, &mut group);
             }
         }
         let mut runs = Vec::with_capacity(group.len());
@@ -318,6 +330,23 @@ fn writer_loop(
                     reply(Err(StoreError::Corrupt(e.to_string())));
                 }
             }
+        }
+        last_commit_end = std::time::Instant::now();
+    }
+}
+
+/// Gathering changes that need no sync stops at this many.
+const SMALL_GROUP: usize = 64;
+/// How long changes that need no sync are gathered at most, and how recent the last commit must be.
+const GATHER_FOR: std::time::Duration = std::time::Duration::from_millis(1);
+/// The gathering sleeps in slices this long, looking for a durable change after each.
+const GATHER_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
+
+fn drain(receiver: &mpsc::Receiver<Op>, group: &mut Vec<Op>) {
+    while group.len() < MAX_GROUP {
+        match receiver.try_recv() {
+            Ok(op) => group.push(op),
+            Err(_) => break,
         }
     }
 }
