@@ -24,6 +24,7 @@
 //! ones that asked for durability. Reads go straight to the trees from any thread.
 
 pub mod codec;
+mod idfilter;
 mod ops;
 mod writer;
 
@@ -95,6 +96,9 @@ struct Inner {
     state: Arc<State>,
     dir: PathBuf,
     writer: writer::WriterHandle,
+    /// The thread filling the id filter with the ids stored before this start.
+    id_scan: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop_id_scan: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the writer thread shares with readers.
@@ -111,6 +115,8 @@ pub(crate) struct State {
     pub endpoint_pending: Mutex<std::collections::HashMap<u64, u64>>,
     /// Woken after a commit that made deliveries due or changed endpoints: the scheduler waits on it.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Which event ids may be stored; see [`idfilter`].
+    pub ids: Arc<idfilter::IdFilter>,
 }
 
 pub(crate) struct Trees {
@@ -220,13 +226,27 @@ impl Store {
             endpoint_pending: Mutex::new(endpoint_pending),
             next_id: std::sync::atomic::AtomicU64::new(next_id),
             wake: Arc::new(tokio::sync::Notify::new()),
+            ids: Arc::new(idfilter::IdFilter::new()),
         });
         let writer = writer::start(state.clone(), dir)?;
+        let stop_id_scan = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id_scan = {
+            let (ids, tree, stop) = (
+                state.ids.clone(),
+                state.trees.event_ids.clone(),
+                stop_id_scan.clone(),
+            );
+            std::thread::Builder::new()
+                .name("store-idscan".into())
+                .spawn(move || scan_ids(&ids, &tree, &stop))?
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 state,
                 dir: dir.to_path_buf(),
                 writer,
+                id_scan: Mutex::new(Some(id_scan)),
+                stop_id_scan,
             }),
         })
     }
@@ -281,6 +301,18 @@ impl Store {
 
     /// Stops the writer after the queued changes and flushes to disk.
     pub fn close(&self) -> Result<(), StoreError> {
+        self.inner
+            .stop_id_scan
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let scan = self
+            .inner
+            .id_scan
+            .lock()
+            .expect("id scan lock is never poisoned")
+            .take();
+        if let Some(scan) = scan {
+            let _ = scan.join();
+        }
         self.inner.writer.stop();
         self.inner.state.db.flush()?;
         Ok(())
@@ -563,6 +595,24 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
         bytes_before,
         bytes_after,
     })
+}
+
+/// Adds every stored event id to the filter, then lets ingest consult it. On a read error (or when
+/// the store closes first) the filter is never consulted, which only costs speed.
+fn scan_ids(ids: &idfilter::IdFilter, tree: &sled::Tree, stop: &std::sync::atomic::AtomicBool) {
+    for key in tree.iter().keys() {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        match key {
+            Ok(key) => ids.insert(&key),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the event ids failed; ingest looks every id up");
+                return;
+            }
+        }
+    }
+    ids.set_ready();
 }
 
 fn queue_entry(key: &[u8], value: &[u8]) -> QueueEntry {

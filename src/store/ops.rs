@@ -285,7 +285,12 @@ impl Store {
 }
 
 fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
-    if let Some(rec) = tx.get::<EventIdRecord>(TreeId::EventIds, ev.id.as_bytes())? {
+    let stored = if tx.event_id_may_exist(&ev.id) {
+        tx.get::<EventIdRecord>(TreeId::EventIds, ev.id.as_bytes())?
+    } else {
+        None
+    };
+    if let Some(rec) = stored {
         return Ok(if rec.content_hash == ev.content_hash {
             IngestOutcome::Duplicate {
                 deliveries: rec.deliveries,
@@ -333,6 +338,7 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
         deliveries,
     };
     tx.put(TreeId::EventIds, ev.id.as_bytes(), &rec)?;
+    tx.note_event_id(&ev.id);
     tx.counters().events += 1;
     Ok(IngestOutcome::Accepted { deliveries })
 }

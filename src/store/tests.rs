@@ -183,3 +183,66 @@ fn a_store_of_an_unknown_schema_is_refused() {
     let err = Store::open(&dir, 8 * 1024 * 1024).err().expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+fn new_event(id: &str, hash: u8) -> super::NewEvent {
+    super::NewEvent {
+        id: id.into(),
+        partner_id: "acme-health".into(),
+        environment: Environment::Production,
+        event_type: "audit.completed".into(),
+        created_at: "2026-01-15T19:04:12Z".into(),
+        received_at_ms: 1_000,
+        payload: b"{}".to_vec(),
+        content_hash: [hash; 32],
+        only_endpoint: None,
+    }
+}
+
+/// Idempotency holds across a restart once the id filter is in use: the ids stored before the
+/// start are in it, so a repeated id is looked up and found.
+#[test]
+fn ids_stored_before_a_restart_are_found_through_the_id_filter() {
+    use super::IngestOutcome;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let first = rt
+        .block_on(store.ingest(vec![new_event("evt_a", 1), new_event("evt_b", 1)]))
+        .unwrap();
+    assert!(first
+        .iter()
+        .all(|o| matches!(o, IngestOutcome::Accepted { .. })));
+    store.close().unwrap();
+    drop(store);
+
+    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let ids = store.inner.state.ids.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Until the scan is done the filter answers "maybe" to everything.
+    while ids.may_contain(b"evt_never_posted") {
+        assert!(std::time::Instant::now() < deadline, "the id scan never finished");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(ids.may_contain(b"evt_a") && ids.may_contain(b"evt_b"));
+    let again = rt
+        .block_on(store.ingest(vec![
+            new_event("evt_a", 1),
+            new_event("evt_b", 2),
+            new_event("evt_c", 1),
+        ]))
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![
+            IngestOutcome::Duplicate { deliveries: 0 },
+            IngestOutcome::Conflict,
+            IngestOutcome::Accepted { deliveries: 0 },
+        ]
+    );
+    assert_eq!(store.counters().events, 3);
+    store.close().unwrap();
+}

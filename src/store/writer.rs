@@ -191,6 +191,16 @@ impl Tx<'_> {
             .or_insert(0) += delta;
     }
 
+    /// False when no event with this id can be stored (the id filter says so).
+    pub fn event_id_may_exist(&self, id: &str) -> bool {
+        self.state.ids.may_contain(id.as_bytes())
+    }
+
+    /// Adds a stored event's id to the id filter (harmless if the group then fails).
+    pub fn note_event_id(&self, id: &str) {
+        self.state.ids.insert(id.as_bytes());
+    }
+
     /// Wakes the scheduler once the group commits.
     pub fn wake_scheduler(&self) {
         self.effects.borrow_mut().wake = true;
