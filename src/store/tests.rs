@@ -224,7 +224,10 @@ fn ids_stored_before_a_restart_are_found_through_the_id_filter() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Until the scan is done the filter answers "maybe" to everything.
     while ids.may_contain(b"evt_never_posted") {
-        assert!(std::time::Instant::now() < deadline, "the id scan never finished");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the id scan never finished"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert!(ids.may_contain(b"evt_a") && ids.may_contain(b"evt_b"));

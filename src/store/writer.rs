@@ -1,12 +1,12 @@
 //! Group commit: one writer thread applies queued changes in one sled transaction; a syncer thread makes them durable.
 //!
 //! The writer drains everything queued, runs each change's closure inside a single transaction, commits,
-//! and answers the changes that did not ask for durability. The durable ones go to the syncer, which
-//! drains what has gathered, calls sled's `flush` (which on Linux ends in `sync_file_range` and does not
-//! empty the drive cache), then `fdatasync`s sled's data file and any new blob file, and only then answers.
-//! While the syncer waits on `fdatasync`, the writer already applies the next group. (sled's `flush`
-//! holds sled's global lock in shared mode while it writes, and a transaction needs it exclusively, so
-//! the writer waits for that part.)
+//! and answers the changes that did not ask for durability. The durable ones wait until the writer calls
+//! sled's `flush` (which on Linux ends in `sync_file_range` and does not empty the drive cache): it does
+//! so when nothing more is queued, or when the oldest has waited `MAX_UNFLUSHED`, because `flush` holds
+//! sled's global lock in shared mode and a transaction needs it alone, so one flush after several
+//! commits costs less than one after each. The syncer thread then `fdatasync`s sled's data file and any
+//! new blob file, and only then answers; meanwhile the writer already commits the next group.
 
 use super::codec::Record;
 use super::{Counters, State, StoreError};
@@ -274,18 +274,19 @@ struct Effects {
 
 /// The most changes one group takes; more wait for the next group.
 const MAX_GROUP: usize = 1024;
+/// How long committed durable changes may wait for the flush while the writer commits more.
+const MAX_UNFLUSHED: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, StoreError> {
     let data_file = File::open(dir.join("db"))?;
     // The directory entries of the database files must be durable too.
     File::open(dir)?.sync_all()?;
     let (sender, receiver) = mpsc::channel::<Op>();
-    let (sync_tx, sync_rx) = mpsc::channel::<Vec<(Reply, Box<dyn Any + Send>)>>();
-    let syncer_state = state.clone();
+    let (sync_tx, sync_rx) = mpsc::channel::<Flushed>();
     let blobs = dir.join("blobs");
     let syncer = std::thread::Builder::new()
         .name("store-syncer".into())
-        .spawn(move || syncer_loop(&syncer_state, &data_file, &blobs, &sync_rx))?;
+        .spawn(move || syncer_loop(&data_file, &blobs, &sync_rx))?;
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer_loop(&state, &receiver, &sync_tx))?;
@@ -295,13 +296,26 @@ pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, Store
     })
 }
 
-fn writer_loop(
-    state: &State,
-    receiver: &mpsc::Receiver<Op>,
-    sync_tx: &mpsc::Sender<Vec<(Reply, Box<dyn Any + Send>)>>,
-) {
+/// Committed durable changes waiting for their answer, and whether sled's `flush` of them worked.
+struct Flushed {
+    flush: Result<(), String>,
+    waiting: Vec<(Reply, Box<dyn Any + Send>)>,
+}
+
+fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sender<Flushed>) {
     let mut last_commit_end = std::time::Instant::now();
-    while let Ok(first) = receiver.recv() {
+    // Durable changes committed but not yet flushed, and since when the oldest waits.
+    let mut unflushed: Vec<(Reply, Box<dyn Any + Send>)> = Vec::new();
+    let mut unflushed_since = std::time::Instant::now();
+    let mut next: Option<Op> = None;
+    loop {
+        let first = match next.take() {
+            Some(op) => op,
+            None => match receiver.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+        };
         let mut group = vec![first];
         drain(receiver, &mut group);
         // Changes that need no sync (settled attempts) arriving in a steady trickle are gathered for
@@ -324,13 +338,16 @@ fn writer_loop(
             runs.push(op.run);
             replies.push((op.durable, op.reply));
         }
+        if unflushed.is_empty() {
+            unflushed_since = std::time::Instant::now();
+        }
         match commit_guarded(state, &mut runs) {
-            Ok(results) => finish(replies, results, sync_tx),
+            Ok(results) => finish(replies, results, &mut unflushed),
             Err(_) if runs.len() > 1 => {
                 // One change spoiled the group: commit each alone so the others still land.
                 for (mut run, reply) in runs.into_iter().zip(replies) {
                     match commit_guarded(state, std::slice::from_mut(&mut run)) {
-                        Ok(results) => finish(vec![reply], results, sync_tx),
+                        Ok(results) => finish(vec![reply], results, &mut unflushed),
                         Err(e) => (reply.1)(Err(e)),
                     }
                 }
@@ -342,6 +359,25 @@ fn writer_loop(
             }
         }
         last_commit_end = std::time::Instant::now();
+        if unflushed.is_empty() {
+            continue;
+        }
+        // sled's `flush` holds sled's lock in shared mode while it writes, and a transaction needs
+        // it alone, so flushing and committing take turns. While more changes wait (and the oldest
+        // unflushed one has not waited long), commit them first: one flush then covers them all.
+        if let Ok(op) = receiver.try_recv() {
+            next = Some(op);
+            if unflushed_since.elapsed() < MAX_UNFLUSHED {
+                continue;
+            }
+        }
+        let flush = state.db.flush().map(drop).map_err(|e| e.to_string());
+        let waiting = std::mem::take(&mut unflushed);
+        if let Err(mpsc::SendError(lost)) = sync_tx.send(Flushed { flush, waiting }) {
+            for (reply, _) in lost.waiting {
+                reply(Err(StoreError::Closed));
+            }
+        }
     }
 }
 
@@ -361,24 +397,17 @@ fn drain(receiver: &mpsc::Receiver<Op>, group: &mut Vec<Op>) {
     }
 }
 
+/// Answers the committed changes that need no sync; the durable ones wait in `unflushed`.
 fn finish(
     replies: Vec<(bool, Reply)>,
     results: Vec<Box<dyn Any + Send>>,
-    sync_tx: &mpsc::Sender<Vec<(Reply, Box<dyn Any + Send>)>>,
+    unflushed: &mut Vec<(Reply, Box<dyn Any + Send>)>,
 ) {
-    let mut durable = Vec::new();
     for ((needs_sync, reply), result) in replies.into_iter().zip(results) {
         if needs_sync {
-            durable.push((reply, result));
+            unflushed.push((reply, result));
         } else {
             reply(Ok(result));
-        }
-    }
-    if !durable.is_empty() {
-        if let Err(mpsc::SendError(lost)) = sync_tx.send(durable) {
-            for (reply, _) in lost {
-                reply(Err(StoreError::Closed));
-            }
         }
     }
 }
@@ -512,35 +541,34 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
     Ok(results)
 }
 
-fn syncer_loop(
-    state: &State,
-    data_file: &File,
-    blobs: &Path,
-    receiver: &mpsc::Receiver<Vec<(Reply, Box<dyn Any + Send>)>>,
-) {
+fn syncer_loop(data_file: &File, blobs: &Path, receiver: &mpsc::Receiver<Flushed>) {
     let mut synced_blobs = HashSet::new();
-    while let Ok(mut waiting) = receiver.recv() {
+    while let Ok(first) = receiver.recv() {
+        let mut batches = vec![first];
         while let Ok(more) = receiver.try_recv() {
-            waiting.extend(more);
+            batches.push(more);
         }
-        let outcome = sync(state, data_file, blobs, &mut synced_blobs);
-        for (reply, result) in waiting {
-            match &outcome {
-                Ok(()) => reply(Ok(result)),
-                Err(e) => reply(Err(StoreError::Io(std::io::Error::other(e.to_string())))),
+        let outcome = sync(data_file, blobs, &mut synced_blobs);
+        for batch in batches {
+            let outcome = batch
+                .flush
+                .and(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            for (reply, result) in batch.waiting {
+                match &outcome {
+                    Ok(()) => reply(Ok(result)),
+                    Err(e) => reply(Err(StoreError::Io(std::io::Error::other(e.clone())))),
+                }
             }
         }
     }
 }
 
-/// Everything committed so far onto stable storage.
+/// Everything the writer flushed onto stable storage: sled's data file and any new blob file.
 fn sync(
-    state: &State,
     data_file: &File,
     blobs: &Path,
     synced_blobs: &mut HashSet<PathBuf>,
 ) -> Result<(), StoreError> {
-    state.db.flush()?;
     data_file.sync_data()?;
     // Values too large for the log go to blob files, which sled writes but never fsyncs.
     let entries = match std::fs::read_dir(blobs) {
