@@ -321,8 +321,9 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
         // Changes that need no sync (settled attempts) arriving in a steady trickle are gathered for
         // a moment so that one commit carries many: each commit has a fixed cost and blocks every
         // reader of the store while it runs. Only when the writer was busy just before (no delay
-        // for an idle daemon), in short slices, and a durable change ends the wait.
-        if last_commit_end.elapsed() < GATHER_FOR {
+        // for an idle daemon) and no durable change waits for a flush, in short slices, and a
+        // durable change ends the wait.
+        if unflushed.is_empty() && last_commit_end.elapsed() < GATHER_FOR {
             let until = std::time::Instant::now() + GATHER_FOR;
             while group.len() < SMALL_GROUP
                 && group.iter().all(|op| !op.durable)
