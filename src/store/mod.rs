@@ -640,9 +640,15 @@ pub(crate) fn initial_delivery(event: &Event, seq: u64) -> Option<Delivery> {
 /// queue value of 8 bytes and a delivery key of 8 bytes are the old forms, and each is rewritten
 /// (new form written, then the old one removed) until none is left.
 fn migrate_from_1(db: &sled::Db, trees: &Trees, dir: &Path) -> Result<(), StoreError> {
-    tracing::info!("migrating the store from schema version 1 to 2");
+    tracing::info!("migrating the store from schema version 1 to 2 (about 20 s per million pending deliveries)");
+    let progress = |step: &str, n: usize| {
+        if n > 0 && n % 100_000 == 0 {
+            tracing::info!(step, done = n, "migrating the store");
+        }
+    };
     // Queue entries first: they find their event through the old delivery records.
-    for item in trees.queue.iter() {
+    for (n, item) in trees.queue.iter().enumerate() {
+        progress("queue entries", n);
         let (key, value) = item?;
         if value.len() != 8 {
             continue;
@@ -661,7 +667,8 @@ fn migrate_from_1(db: &sled::Db, trees: &Trees, dir: &Path) -> Result<(), StoreE
             &codec::queue_value(codec::read_u64(&value), event_seq),
         )?;
     }
-    for item in trees.deliveries.iter() {
+    for (n, item) in trees.deliveries.iter().enumerate() {
+        progress("deliveries", n);
         let (key, value) = item?;
         if key.len() != 8 {
             continue;
@@ -678,6 +685,7 @@ fn migrate_from_1(db: &sled::Db, trees: &Trees, dir: &Path) -> Result<(), StoreE
         .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
     db.flush()?;
     File::open(dir.join("db"))?.sync_all()?;
+    tracing::info!("store migrated to schema version 2");
     Ok(())
 }
 
