@@ -10,7 +10,7 @@ use super::retry::{self, AttemptResult, Decision, RetryPolicy};
 use crate::config::Config;
 use crate::model::{Attempt, DeadReason, Endpoint};
 use crate::shutdown::Shutdown;
-use crate::store::{DeliveryKey, SettleOutcome, Settlement, Store};
+use crate::store::{QueueEntry, SettleOutcome, Settlement, Store};
 use crate::telemetry::Metrics;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -225,11 +225,11 @@ impl Scheduler {
                     continue;
                 }
             };
-            for key in claimed {
-                self.claim(&ep, key.seq);
+            for entry in claimed {
+                self.claim(&ep, entry.delivery.seq);
                 let this = self.clone();
                 let ep = ep.clone();
-                tasks.spawn(async move { this.run_attempt(ep, key).await });
+                tasks.spawn(async move { this.run_attempt(ep, entry).await });
             }
         }
         next_due
@@ -270,7 +270,7 @@ impl Scheduler {
         now: u64,
         room: usize,
         note: &mut impl FnMut(u64),
-    ) -> Result<Vec<DeliveryKey>, crate::store::StoreError> {
+    ) -> Result<Vec<QueueEntry>, crate::store::StoreError> {
         let cursor = {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
@@ -301,7 +301,7 @@ impl Scheduler {
                 note(head.due_ms);
                 return Ok(vec![]);
             }
-            return Ok(vec![head.delivery]);
+            return Ok(vec![head]);
         }
         // From the cursor on, entries are not claimed (claims sit before it), so `room` entries suffice;
         // from the head, the claimed ones are read and skipped.
@@ -311,13 +311,13 @@ impl Scheduler {
             room + claimed.len()
         };
         let entries = self.store.queue_entries_after(ep.num, cursor, now, limit)?;
-        let taken: Vec<&crate::store::QueueEntry> = entries
+        let taken: Vec<&QueueEntry> = entries
             .iter()
             .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery.seq))
             .take(room)
             .collect();
         drop(claimed);
-        let due: Vec<DeliveryKey> = taken.iter().map(|e| e.delivery).collect();
+        let due: Vec<QueueEntry> = taken.iter().map(|e| **e).collect();
         if let Some(last) = taken.last() {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
@@ -354,7 +354,7 @@ impl Scheduler {
         self.handle.shared.done.notify_one();
     }
 
-    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, key: DeliveryKey) {
+    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, entry: QueueEntry) {
         // Released on every path out, including an abort at the end of the shutdown grace.
         struct Release<'a>(&'a Scheduler, u64, u64);
         impl Drop for Release<'_> {
@@ -362,8 +362,8 @@ impl Scheduler {
                 self.0.release(self.1, self.2);
             }
         }
-        let _release = Release(&self, ep.num, key.seq);
-        if let Err(e) = self.attempt_and_settle(&ep, key).await {
+        let _release = Release(&self, ep.num, entry.delivery.seq);
+        if let Err(e) = self.attempt_and_settle(&ep, entry).await {
             tracing::error!(error = %e, "settling an attempt failed; it will be attempted again");
         }
     }
@@ -371,14 +371,19 @@ impl Scheduler {
     async fn attempt_and_settle(
         &self,
         ep: &Endpoint,
-        key: DeliveryKey,
+        entry: QueueEntry,
     ) -> Result<(), crate::store::StoreError> {
-        let Some(event) = self.store.event(key.event_seq)? else {
-            // The event was purged under it: nothing can be sent, so the delivery leaves the queue.
-            return self.store.cancel_delivery(key).await;
+        let key = entry.delivery;
+        let delivery = match self.store.event(key.event_seq)? {
+            Some(event) => self
+                .store
+                .delivery_of(&event, key.seq)?
+                .map(|delivery| (event, delivery)),
+            None => None,
         };
-        let Some(delivery) = self.store.delivery_of(&event, key.seq)? else {
-            return Ok(());
+        let Some((event, delivery)) = delivery else {
+            // Nothing to send (the event or the delivery is gone): the entry leaves the queue.
+            return self.store.cancel_delivery(ep.num, entry).await;
         };
         let n = delivery.attempts.len() as u32 + 1;
         let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);

@@ -278,9 +278,32 @@ impl Store {
             .await
     }
 
-    /// Cancels one pending delivery (its event or endpoint is gone).
-    pub async fn cancel_delivery(&self, key: DeliveryKey) -> Result<(), StoreError> {
-        self.write(false, move |tx| cancel(tx, key)).await
+    /// Cancels the pending delivery of a queue entry of endpoint `endpoint_num` whose event or
+    /// delivery is gone. An entry whose delivery cannot be read at all is removed on its own (and no
+    /// longer counted), so it cannot come back forever.
+    pub async fn cancel_delivery(
+        &self,
+        endpoint_num: u64,
+        entry: QueueEntry,
+    ) -> Result<(), StoreError> {
+        self.write(false, move |tx| {
+            if load_delivery(tx, entry.delivery)?.is_some() {
+                return cancel(tx, entry.delivery);
+            }
+            let key = queue_key(endpoint_num, entry.sort, entry.delivery.seq);
+            if tx.get_raw(TreeId::Queue, &key)?.is_some() {
+                tracing::warn!(
+                    delivery_id = %crate::model::delivery_id(entry.delivery.seq),
+                    "a queue entry without its delivery was removed"
+                );
+                tx.remove(TreeId::Queue, &key)?;
+                tx.pending_delta(endpoint_num, -1);
+                let mut c = tx.counters();
+                c.pending = c.pending.saturating_sub(1);
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

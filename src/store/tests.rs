@@ -249,3 +249,37 @@ fn ids_stored_before_a_restart_are_found_through_the_id_filter() {
     assert_eq!(store.counters().events, 3);
     store.close().unwrap();
 }
+
+/// A queue entry whose event is gone (which no code path leaves behind, but a damaged store could)
+/// is removed when the scheduler hands it back, instead of coming back forever.
+#[test]
+fn a_queue_entry_without_its_delivery_is_removed_on_cancel() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let orphan = queue_key(1, 5_000, 77);
+    store
+        .inner
+        .state
+        .trees
+        .queue
+        .insert(orphan, &super::codec::queue_value(5_000, 76))
+        .unwrap();
+    let entry = store
+        .first_queue_entry(1, 0)
+        .unwrap()
+        .expect("the entry is there");
+    assert_eq!(
+        entry.delivery,
+        DeliveryKey {
+            event_seq: 76,
+            seq: 77
+        }
+    );
+    rt.block_on(store.cancel_delivery(1, entry)).unwrap();
+    assert!(store.first_queue_entry(1, 0).unwrap().is_none());
+    store.close().unwrap();
+}
