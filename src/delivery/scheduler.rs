@@ -437,6 +437,7 @@ impl Scheduler {
         self.store
             .settle(Settlement {
                 delivery: key,
+                as_read: delivery,
                 attempt,
                 outcome: outcome_kind,
                 disable_after_ms,

@@ -45,6 +45,9 @@ pub enum IngestOutcome {
 #[derive(Debug, Clone)]
 pub struct Settlement {
     pub delivery: DeliveryKey,
+    /// The delivery as read before the attempt. While a delivery has no record it is still in its
+    /// initial state, so this stands for it and the commit need not read its event.
+    pub as_read: Delivery,
     pub attempt: Attempt,
     pub outcome: SettleOutcome,
     /// Disable the endpoint when it has failed without a success for this long.
@@ -446,7 +449,15 @@ fn cancel(tx: &Tx<'_>, key: DeliveryKey) -> TxResult<()> {
 }
 
 fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
-    let Some(mut d) = load_delivery(tx, s.delivery)? else {
+    let key = pair_key(s.delivery.event_seq, s.delivery.seq);
+    let recorded = tx.get::<Delivery>(TreeId::Deliveries, &key)?;
+    let initial = || s.as_read.seq == s.delivery.seq && s.as_read.attempts.is_empty();
+    let loaded = match recorded {
+        Some(d) => Some(d),
+        None if initial() => Some(s.as_read.clone()),
+        None => load_delivery(tx, s.delivery)?,
+    };
+    let Some(mut d) = loaded else {
         return Ok(());
     };
     if d.status != DeliveryStatus::Pending {
