@@ -165,12 +165,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_db(dir, cache_bytes)?;
         let open = |name: &str| db.open_tree(name);
         let trees = Trees {
             events: open("events")?,
@@ -595,6 +590,35 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
         bytes_before,
         bytes_after,
     })
+}
+
+/// How long opening waits for sled's lock on the data file to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled's database in `dir`. When the lock on its data file is held, waits up to
+/// [`LOCK_WAIT`] before failing: after a store closes in this process, sled lets go of the file
+/// only once its background threads and deferred frees have dropped their last reference, which
+/// can take a moment (a daemon restarted in the same process, the tests). Another process that
+/// keeps the store open still makes this fail, after the wait.
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Adds every stored event id to the filter, then lets ingest consult it. On a read error (or when
