@@ -47,7 +47,11 @@ pub fn list(state: &AppState, query: &str) -> ApiResult {
 
 pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
     let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
-    if state.store.retry_dead_letters(vec![seq], now_ms()).await? == 0 {
+    let redriven = state.store.retry_dead_letters(vec![seq], now_ms()).await?;
+    if let Some(refused) = redriven.refused.into_iter().next() {
+        return Err(refused.into());
+    }
+    if redriven.requeued == 0 {
         return Err(ApiError::not_found("dead letter"));
     }
     Ok(json(StatusCode::ACCEPTED, &json!({"requeued": 1})))
@@ -73,10 +77,14 @@ pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
             .dead_letters(after, 1000, |dl| filter.keep(state, dl))?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        requeued += state
+        let redriven = state
             .store
             .retry_dead_letters(page.iter().map(|dl| dl.seq).collect(), now_ms())
             .await?;
+        requeued += redriven.requeued;
+        for refused in &redriven.refused {
+            tracing::warn!(reason = %refused, "a dead letter was not retried");
+        }
     }
     Ok(json(StatusCode::ACCEPTED, &json!({"requeued": requeued})))
 }

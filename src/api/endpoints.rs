@@ -241,6 +241,7 @@ async fn test(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> ApiRes
         Some(IngestOutcome::Accepted { .. }) => {
             Ok(json(StatusCode::ACCEPTED, &json!({"event_id": id})))
         }
+        Some(IngestOutcome::Refused(refused)) => Err(refused.clone().into()),
         _ => Err(ApiError::new(
             StatusCode::CONFLICT,
             "event_id_conflict",
@@ -285,7 +286,7 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
             }
         }
         if !pairs.is_empty() {
-            total += state.store.add_deliveries(pairs, now).await?;
+            total += state.store.add_deliveries(pairs, now).await??;
         }
     }
     Ok(json(StatusCode::ACCEPTED, &json!({"deliveries": total})))

@@ -38,6 +38,7 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
             StatusCode::OK,
             &json!({"id": id, "deliveries": deliveries, "duplicate": true}),
         )),
+        Some(IngestOutcome::Refused(refused)) => Err(refused.clone().into()),
         _ => Err(conflict(&id)),
     }
 }
@@ -101,6 +102,12 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
             IngestOutcome::Duplicate { deliveries } => {
                 r["outcome"] = json!("duplicate");
                 r["deliveries"] = json!(deliveries);
+            }
+            IngestOutcome::Refused(refused) => {
+                let e = ApiError::from(refused);
+                r["outcome"] = json!("rejected");
+                r["deliveries"] = json!(0);
+                r["error"] = json!({"code": e.code, "message": e.message});
             }
             IngestOutcome::Conflict => {
                 let e = conflict(&id);
@@ -186,7 +193,7 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
         }
     };
     let pairs = targets.into_iter().map(|n| (event.seq, n)).collect();
-    let n = state.store.add_deliveries(pairs, now_ms()).await?;
+    let n = state.store.add_deliveries(pairs, now_ms()).await??;
     Ok(json(StatusCode::ACCEPTED, &json!({"deliveries": n})))
 }
 

@@ -90,6 +90,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::store::DeliveryRefused> for ApiError {
+    fn from(e: crate::store::DeliveryRefused) -> ApiError {
+        ApiError::unprocessable("endpoint_not_allowed", e.to_string())
+    }
+}
+
 pub type ApiResult = Result<Response<Body>, ApiError>;
 
 /// Filled in once the store is open; until then every request is answered 503.

@@ -28,7 +28,7 @@ mod idfilter;
 mod ops;
 mod writer;
 
-pub use ops::{IngestOutcome, NewEvent, SettleOutcome, Settlement};
+pub use ops::{DeliveryRefused, IngestOutcome, NewEvent, Redriven, SettleOutcome, Settlement};
 pub use writer::{Tx, TxResult};
 
 use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};

@@ -34,11 +34,86 @@ pub struct NewEvent {
     pub only_endpoint: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestOutcome {
-    Accepted { deliveries: u32 },
-    Duplicate { deliveries: u32 },
+    Accepted {
+        deliveries: u32,
+    },
+    Duplicate {
+        deliveries: u32,
+    },
     Conflict,
+    /// The event was for one endpoint alone (a test event) and that endpoint may not get it.
+    Refused(DeliveryRefused),
+}
+
+/// Why a delivery was not created: the endpoint belongs to another partner, or to the same
+/// partner's other environment (contract section 7). An answer, not a storage error: the rest of
+/// the group commits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryRefused(String);
+
+/// Who an event is for: all [`admit`] looks at.
+#[derive(Debug, Clone, Copy)]
+struct Audience<'a> {
+    event_id: &'a str,
+    partner_id: &'a str,
+    environment: Environment,
+}
+
+impl<'a> Audience<'a> {
+    fn of(event: &'a Event) -> Audience<'a> {
+        Audience {
+            event_id: &event.id,
+            partner_id: &event.partner_id,
+            environment: event.environment,
+        }
+    }
+}
+
+/// The one gate of contract section 7: an event's deliveries go to its own partner's endpoints of
+/// its own environment, whatever path asks for them. Every path that creates a delivery (ingest,
+/// test events, redeliver, recover) or gives a dead one a new round (dead-letter retry) passes here,
+/// inside the transaction that writes the delivery, against the endpoint as that transaction sees it.
+fn admit(event: Audience<'_>, ep: &Endpoint) -> Result<(), DeliveryRefused> {
+    if ep.partner_id != event.partner_id {
+        return Err(DeliveryRefused(format!(
+            "endpoint {} belongs to another partner than event `{}` (partner `{}`): an event is \
+             delivered only to its own partner's endpoints",
+            ep.id(),
+            event.event_id,
+            event.partner_id
+        )));
+    }
+    if ep.environment != event.environment {
+        return Err(DeliveryRefused(format!(
+            "endpoint {} is a {} endpoint and event `{}` is a {} event: sandbox and production \
+             never mix",
+            ep.id(),
+            ep.environment.as_str(),
+            event.event_id,
+            event.environment.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a pending delivery of `key` to `ep`, due at `due_ms`, once [`admit`] lets it through.
+/// The only way a new delivery enters a queue.
+fn create_delivery(
+    tx: &Tx<'_>,
+    event: Audience<'_>,
+    ep: &Endpoint,
+    key: DeliveryKey,
+    due_ms: u64,
+) -> TxResult<Result<(), DeliveryRefused>> {
+    if let Err(refused) = admit(event, ep) {
+        return Ok(Err(refused));
+    }
+    enqueue(tx, ep, key, due_ms)?;
+    count_new_delivery(tx, ep.num);
+    Ok(Ok(()))
 }
 
 /// How one attempt ended, as the scheduler decided it.
@@ -52,6 +127,22 @@ pub struct Settlement {
     pub outcome: SettleOutcome,
     /// Disable the endpoint when it has failed without a success for this long.
     pub disable_after_ms: u64,
+}
+
+/// What [`Store::retry_dead_letters`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Dead letters that left the queue (their delivery requeued, or gone with its endpoint).
+    pub requeued: u32,
+    /// Dead letters kept because their endpoint may not get their event.
+    pub refused: Vec<DeliveryRefused>,
+}
+
+/// What became of one dead letter asked to be retried.
+enum Redrive {
+    Missing,
+    Done,
+    Refused(DeliveryRefused),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,47 +278,64 @@ impl Store {
         self.write(false, move |tx| settle(tx, &s)).await
     }
 
-    /// New deliveries of stored events to one endpoint (redeliver, recover). Returns how many.
+    /// New deliveries of stored events to endpoints (redeliver, recover). Returns how many, or,
+    /// when any pair would cross partners or environments, why, with nothing created.
     pub async fn add_deliveries(
         &self,
         pairs: Vec<(u64, u64)>,
         now_ms: u64,
-    ) -> Result<u32, StoreError> {
+    ) -> Result<Result<u32, DeliveryRefused>, StoreError> {
         self.write(true, move |tx| {
-            let mut n = 0;
+            let mut admitted = Vec::with_capacity(pairs.len());
             for &(event_seq, endpoint_num) in &pairs {
                 let Some(ep) = tx.endpoint(endpoint_num) else {
                     continue;
                 };
-                if tx.get_raw(TreeId::Events, &u64_key(event_seq))?.is_none() {
+                let Some(event) = tx.get::<Event>(TreeId::Events, &u64_key(event_seq))? else {
                     continue;
+                };
+                if let Err(refused) = admit(Audience::of(&event), &ep) {
+                    return Ok(Err(refused));
                 }
+                admitted.push((event, ep));
+            }
+            let mut n = 0;
+            for (event, ep) in &admitted {
                 let d = Delivery {
                     seq: tx.generate_id()?,
-                    ..Delivery::initial(event_seq, now_ms, 0, endpoint_num)
+                    ..Delivery::initial(event.seq, now_ms, 0, ep.num)
                 };
-                tx.put(TreeId::Deliveries, &pair_key(event_seq, d.seq), &d)?;
-                enqueue(tx, &ep, delivery_key(&d), now_ms)?;
-                count_new_delivery(tx, ep.num);
+                if create_delivery(tx, Audience::of(event), ep, delivery_key(&d), now_ms)?.is_err()
+                {
+                    continue;
+                }
+                tx.put(TreeId::Deliveries, &pair_key(event.seq, d.seq), &d)?;
                 // Tells a retention pass that scanned this event earlier to leave it alone.
-                tx.put_raw(TreeId::Meta, &redelivered_key(event_seq), &u64_key(now_ms))?;
+                tx.put_raw(TreeId::Meta, &redelivered_key(event.seq), &u64_key(now_ms))?;
                 n += 1;
             }
-            Ok(n)
+            Ok(Ok(n))
         })
         .await
     }
 
-    /// Gives a dead-lettered delivery a fresh set of attempts; false when the dead letter does not exist.
-    pub async fn retry_dead_letters(&self, seqs: Vec<u64>, now_ms: u64) -> Result<u32, StoreError> {
+    /// Gives dead-lettered deliveries a fresh set of attempts. A dead letter whose endpoint may not
+    /// get its event (see [`admit`]) stays where it is and is reported.
+    pub async fn retry_dead_letters(
+        &self,
+        seqs: Vec<u64>,
+        now_ms: u64,
+    ) -> Result<Redriven, StoreError> {
         self.write(true, move |tx| {
-            let mut n = 0;
+            let mut out = Redriven::default();
             for &seq in &seqs {
-                if retry_dead_letter(tx, seq, now_ms)? {
-                    n += 1;
+                match retry_dead_letter(tx, seq, now_ms)? {
+                    Redrive::Missing => {}
+                    Redrive::Done => out.requeued += 1,
+                    Redrive::Refused(r) => out.refused.push(r),
                 }
             }
-            Ok(n)
+            Ok(out)
         })
         .await
     }
@@ -325,6 +433,17 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
             IngestOutcome::Conflict
         });
     }
+    let audience = Audience {
+        event_id: &ev.id,
+        partner_id: &ev.partner_id,
+        environment: ev.environment,
+    };
+    // A test event names its endpoint: refuse it whole, before anything is written.
+    if let Some(ep) = ev.only_endpoint.and_then(|num| tx.endpoint(num)) {
+        if let Err(refused) = admit(audience, &ep) {
+            return Ok(IngestOutcome::Refused(refused));
+        }
+    }
     let seq = tx.generate_id()?;
     let mut initial_deliveries = Vec::new();
     tx.for_matching_endpoints(
@@ -334,9 +453,9 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
                 event_seq: seq,
                 seq: tx.generate_id()?,
             };
-            enqueue(tx, ep, key, ev.received_at_ms)?;
-            count_new_delivery(tx, ep.num);
-            initial_deliveries.push((key.seq, ep.num));
+            if create_delivery(tx, audience, ep, key, ev.received_at_ms)?.is_ok() {
+                initial_deliveries.push((key.seq, ep.num));
+            }
             Ok(())
         },
         |ep| match ev.only_endpoint {
@@ -399,6 +518,9 @@ fn put_delivery(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
     tx.put(TreeId::Deliveries, &pair_key(d.event_seq, d.seq), d)
 }
 
+/// Puts a delivery in its endpoint's queue. New deliveries come here only through
+/// [`create_delivery`], and redriven ones after [`admit`]; the others are already in the queue's
+/// care (a retry after a failed attempt, a rewrite after `ordered` changed).
 fn enqueue(tx: &Tx<'_>, ep: &Endpoint, key: DeliveryKey, due_ms: u64) -> TxResult<()> {
     let sort = if ep.ordered { 0 } else { due_ms };
     tx.put_raw(
@@ -565,24 +687,28 @@ fn note_failure(health: &mut EndpointHealth, now: u64) {
     health.failing_since_ms.get_or_insert(now);
 }
 
-fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
+fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<Redrive> {
     let Some(dl) = tx.get::<DeadLetter>(TreeId::DeadLetters, &u64_key(seq))? else {
-        return Ok(false);
+        return Ok(Redrive::Missing);
     };
-    tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
-    tx.counters().dead_letters -= 1;
     let key = DeliveryKey {
         event_seq: dl.event_seq,
         seq: dl.delivery_seq,
     };
-    let Some(mut d) = load_delivery(tx, key)? else {
-        return Ok(true);
+    let delivery = load_delivery(tx, key)?;
+    let endpoint = delivery.as_ref().and_then(|d| tx.endpoint(d.endpoint_num));
+    let event = tx.get::<Event>(TreeId::Events, &u64_key(dl.event_seq))?;
+    let (Some(mut d), Some(ep), Some(event)) = (delivery, endpoint, event) else {
+        // Nothing left to deliver: the dead letter just goes.
+        remove_dead_letter(tx, seq)?;
+        return Ok(Redrive::Done);
     };
-    let Some(ep) = tx.endpoint(d.endpoint_num) else {
-        return Ok(true);
-    };
+    if let Err(refused) = admit(Audience::of(&event), &ep) {
+        return Ok(Redrive::Refused(refused));
+    }
+    remove_dead_letter(tx, seq)?;
     if d.status != DeliveryStatus::Dead {
-        return Ok(true);
+        return Ok(Redrive::Done);
     }
     d.status = DeliveryStatus::Pending;
     d.attempts_before_redrive = d.attempts.len() as u32;
@@ -591,7 +717,13 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<bool> {
     enqueue(tx, &ep, key, now_ms)?;
     tx.pending_delta(ep.num, 1);
     tx.counters().pending += 1;
-    Ok(true)
+    Ok(Redrive::Done)
+}
+
+fn remove_dead_letter(tx: &Tx<'_>, seq: u64) -> TxResult<()> {
+    tx.remove(TreeId::DeadLetters, &u64_key(seq))?;
+    tx.counters().dead_letters -= 1;
+    Ok(())
 }
 
 /// Removes events (with their deliveries and id records) and dead letters found by [`Store::purge`],
@@ -637,3 +769,6 @@ fn purge(
     }
     Ok((purged, removed))
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod intake;
 mod operate;
+mod partition;
 mod partner;
 mod smoke;
 mod support;
