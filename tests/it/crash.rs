@@ -20,27 +20,30 @@ const PARTNER: &str = "crash-partner";
 
 /// Settings that differ between the tests.
 #[derive(Clone, Copy)]
-struct Settings {
-    shutdown_grace: &'static str,
-    timeout: &'static str,
+pub(crate) struct Settings {
+    pub(crate) shutdown_grace: &'static str,
+    pub(crate) timeout: &'static str,
+    /// `retry.schedule`, as TOML.
+    pub(crate) retry_schedule: &'static str,
 }
 
-const DEFAULT_SETTINGS: Settings = Settings {
+pub(crate) const DEFAULT_SETTINGS: Settings = Settings {
     shutdown_grace: "3s",
     timeout: "5s",
+    retry_schedule: r#"["20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms"]"#,
 };
 
 /// The real binary, running as a child process on a directory that outlives it.
-struct Daemon {
-    dir: PathBuf,
+pub(crate) struct Daemon {
+    pub(crate) dir: PathBuf,
     settings: Settings,
     child: Child,
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Daemon {
     /// Starts the binary on `dir`; a port taken between choosing it and binding it means another try.
-    async fn start(dir: &Path, settings: Settings) -> Daemon {
+    pub(crate) async fn start(dir: &Path, settings: Settings) -> Daemon {
         for _ in 0..5 {
             let port = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
@@ -105,7 +108,7 @@ impl Daemon {
     }
 
     /// SIGKILL, and reap the process.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
     }
@@ -134,7 +137,7 @@ impl Daemon {
     }
 
     /// Starts again on the same directory.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         assert!(
             self.child.try_wait().unwrap().is_some(),
             "restart of a running daemon"
@@ -169,7 +172,7 @@ require_https = false
 timeout = "{timeout}"
 
 [retry]
-schedule = ["20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms"]
+schedule = {schedule}
 jitter = 0.0
 
 [log]
@@ -177,18 +180,19 @@ level = "info"
 "#,
         grace = s.shutdown_grace,
         timeout = s.timeout,
+        schedule = s.retry_schedule,
         db = db.display(),
     )
 }
 
-fn log_tail(dir: &Path) -> String {
+pub(crate) fn log_tail(dir: &Path) -> String {
     let bytes = std::fs::read(dir.join("daemon.log")).unwrap_or_default();
     String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(8000)..]).into_owned()
 }
 
 /// One request on a fresh connection that reports failure instead of panicking: the daemon may be
 /// killed while it is under way.
-async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -539,6 +543,7 @@ async fn sigterm_cuts_off_attempts_after_the_grace_and_they_are_made_again() {
     let settings = Settings {
         shutdown_grace: "1s",
         timeout: "60s",
+        ..DEFAULT_SETTINGS
     };
     let mut d = Daemon::start(dir.path(), settings).await;
     let ep = create_endpoint(&d.client, &receiver, 8).await;
@@ -586,6 +591,7 @@ async fn a_second_sigterm_exits_at_once() {
     let settings = Settings {
         shutdown_grace: "60s",
         timeout: "60s",
+        ..DEFAULT_SETTINGS
     };
     let mut d = Daemon::start(dir.path(), settings).await;
     let ep = create_endpoint(&d.client, &receiver, 8).await;

@@ -9,4 +9,5 @@ mod operate;
 mod partition;
 mod partner;
 mod smoke;
+mod soak;
 mod support;
