@@ -768,4 +768,7 @@ fn readable<'a>(value: Text<'a>, name: &'static str) -> Result<&'a str, VerifyEr
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests;
