@@ -4,8 +4,8 @@
 //! anything binds or opens the store, so a bad file stops start-up with one sentence that names
 //! the key (`main` prints it and exits with code 64).
 //!
-//! The keys are those of `spec/API.md` section 3, plus two extras: `delivery.use_system_roots`
-//! and `retention.interval`. The environment is read through a function passed in
+//! The keys are those of `spec/API.md` section 3, plus three extras: `delivery.use_system_roots`,
+//! `retention.interval` and `storage.previous_master_key_file`. The environment is read through a function passed in
 //! ([`Config::load_with_env`], [`load_admin_token`]), so tests never touch the process environment.
 
 use std::fmt;
@@ -73,6 +73,14 @@ pub struct StorageConfig {
     /// The database size past which ingest answers 503 with Retry-After instead of filling the
     /// disk; 0 means no limit.
     pub max_bytes: u64,
+    /// The master key endpoint secrets are stored encrypted with; `None` (absent or `""`) means
+    /// `$CREDENTIALS_DIRECTORY/master_key` if that exists, else no key: secrets in the clear.
+    /// See [`load_master_keys`].
+    pub master_key_file: Option<PathBuf>,
+    /// The key the store was encrypted with before the current one, during a key rotation; `None`
+    /// means `$CREDENTIALS_DIRECTORY/previous_master_key` if that exists. Secrets found sealed with
+    /// it are sealed again with the current key when the store opens.
+    pub previous_master_key_file: Option<PathBuf>,
 }
 
 /// Settings of outbound attempts (`[delivery]`).
@@ -98,6 +106,9 @@ pub struct DeliveryConfig {
     /// for receivers behind a private CA; false by default so behaviour does not depend on the
     /// host.
     pub use_system_roots: bool,
+    /// A PEM file of further CA certificates to trust, for partners behind a private CA; read at
+    /// start by [`load_extra_roots`].
+    pub extra_roots_file: Option<PathBuf>,
 }
 
 /// Settings of the retry policy (`[retry]`).
@@ -170,6 +181,8 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: PathBuf::from("data/db"),
             max_bytes: 0,
+            master_key_file: None,
+            previous_master_key_file: None,
         }
     }
 }
@@ -183,6 +196,7 @@ impl Default for DeliveryConfig {
             allow_private_networks: false,
             require_https: true,
             use_system_roots: false,
+            extra_roots_file: None,
         }
     }
 }
@@ -371,6 +385,24 @@ pub enum ConfigError {
         /// What is wrong with it, as the end of a sentence.
         reason: &'static str,
     },
+    /// A master key file that is missing, unreadable or not a key.
+    #[error("the master key file {} (from {key}) {reason}", .path.display())]
+    MasterKey {
+        /// Where the path came from: `storage.master_key_file`, `$CREDENTIALS_DIRECTORY`, ...
+        key: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it, as the end of a sentence.
+        reason: String,
+    },
+    /// The `delivery.extra_roots_file` is missing, unreadable or holds no certificate.
+    #[error("delivery.extra_roots_file {}: {reason}", .path.display())]
+    ExtraRoots {
+        /// The PEM file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A new admin token could not be written under `storage.dir`.
     #[error("cannot create the admin token file {} in storage.dir: {io}", .path.display())]
     TokenWrite {
@@ -390,6 +422,8 @@ impl ConfigError {
             | ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::TokenRead { key, .. } | ConfigError::TokenInvalid { key, .. } => Some(key),
             ConfigError::TokenWrite { .. } => Some("storage.dir"),
+            ConfigError::MasterKey { key, .. } => Some(key),
+            ConfigError::ExtraRoots { .. } => Some("delivery.extra_roots_file"),
             ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
         }
     }
@@ -458,6 +492,101 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Reads the master keys: `storage.master_key_file` if set (it must exist), else
+/// `$CREDENTIALS_DIRECTORY/master_key` if that exists, else none; the previous key likewise from
+/// `storage.previous_master_key_file` or `$CREDENTIALS_DIRECTORY/previous_master_key`. A key file
+/// holds exactly 32 bytes, or 64 hex digits.
+pub fn load_master_keys(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::store::MasterKeys, ConfigError> {
+    let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
+    let find = |given: &Option<PathBuf>, key: &'static str, credential: &str| {
+        if let Some(path) = given {
+            return read_master_key(path, key, true);
+        }
+        match &credentials {
+            Some(dir) => read_master_key(
+                &Path::new(dir).join(credential),
+                "$CREDENTIALS_DIRECTORY",
+                false,
+            ),
+            None => Ok(None),
+        }
+    };
+    Ok(crate::store::MasterKeys {
+        current: find(
+            &config.storage.master_key_file,
+            "storage.master_key_file",
+            MASTER_KEY_CREDENTIAL,
+        )?,
+        previous: find(
+            &config.storage.previous_master_key_file,
+            "storage.previous_master_key_file",
+            PREVIOUS_MASTER_KEY_CREDENTIAL,
+        )?,
+    })
+}
+
+/// Reads one master key file; `Ok(None)` when it does not exist and need not.
+fn read_master_key(
+    path: &Path,
+    key: &'static str,
+    required: bool,
+) -> Result<Option<crate::store::MasterKey>, ConfigError> {
+    let invalid = |reason: String| ConfigError::MasterKey {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let content = match fs::read(path) {
+        Ok(content) => content,
+        Err(io) if io.kind() == io::ErrorKind::NotFound && !required => return Ok(None),
+        Err(io) => return Err(invalid(format!("cannot be read: {io}"))),
+    };
+    let parsed = crate::store::MasterKey::parse(&content, path).map_err(invalid)?;
+    warn_if_shared(path, "the master key file");
+    Ok(Some(parsed))
+}
+
+/// Reads `delivery.extra_roots_file`: every certificate in it, at least one.
+pub fn load_extra_roots(
+    delivery: &DeliveryConfig,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = &delivery.extra_roots_file else {
+        return Ok(Vec::new());
+    };
+    let failed = |reason: String| ConfigError::ExtraRoots {
+        path: path.clone(),
+        reason,
+    };
+    let content = fs::read(path).map_err(|io| failed(format!("cannot be read: {io}")))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&content)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(format!("is not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(failed(
+            "holds no certificate (expected PEM blocks `-----BEGIN CERTIFICATE-----`)".into(),
+        ));
+    }
+    let mut usable = rustls::RootCertStore::empty();
+    let (_, unusable) = usable.add_parsable_certificates(certs.iter().cloned());
+    if unusable > 0 {
+        return Err(failed(format!(
+            "{unusable} of its {} certificates cannot be used as a trust anchor",
+            certs.len()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The name of the master key among systemd credentials (`LoadCredential=master_key:...`).
+const MASTER_KEY_CREDENTIAL: &str = "master_key";
+
+/// The name of the previous master key among systemd credentials, during a key rotation.
+const PREVIOUS_MASTER_KEY_CREDENTIAL: &str = "previous_master_key";
+
 /// The name of the admin token among systemd credentials (`LoadCredential=admin_token:...`).
 const CREDENTIAL_NAME: &str = "admin_token";
 
@@ -503,7 +632,15 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("shutdown_grace", Kind::Duration),
         ],
     ),
-    ("storage", &[("dir", Kind::Str), ("max_bytes", Kind::Int)]),
+    (
+        "storage",
+        &[
+            ("dir", Kind::Str),
+            ("max_bytes", Kind::Int),
+            ("master_key_file", Kind::Str),
+            ("previous_master_key_file", Kind::Str),
+        ],
+    ),
     (
         "delivery",
         &[
@@ -513,6 +650,7 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("allow_private_networks", Kind::Bool),
             ("require_https", Kind::Bool),
             ("use_system_roots", Kind::Bool),
+            ("extra_roots_file", Kind::Str),
         ],
     ),
     (
@@ -561,6 +699,8 @@ struct RawServer {
 struct RawStorage {
     dir: Option<String>,
     max_bytes: Option<i64>,
+    master_key_file: Option<String>,
+    previous_master_key_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -572,6 +712,7 @@ struct RawDelivery {
     allow_private_networks: Option<bool>,
     require_https: Option<bool>,
     use_system_roots: Option<bool>,
+    extra_roots_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -784,6 +925,8 @@ impl Convert {
                 None => d.dir,
             },
             max_bytes: self.int("storage.max_bytes", r.max_bytes, 0..=i64::MAX, d.max_bytes)?,
+            master_key_file: optional_path(r.master_key_file),
+            previous_master_key_file: optional_path(r.previous_master_key_file),
         };
 
         let (r, d) = (raw.delivery.unwrap_or_default(), DeliveryConfig::default());
@@ -803,6 +946,7 @@ impl Convert {
             allow_private_networks: r.allow_private_networks.unwrap_or(d.allow_private_networks),
             require_https: r.require_https.unwrap_or(d.require_https),
             use_system_roots: r.use_system_roots.unwrap_or(d.use_system_roots),
+            extra_roots_file: optional_path(r.extra_roots_file),
         };
 
         let (r, d) = (raw.retry.unwrap_or_default(), RetryConfig::default());
@@ -966,6 +1110,11 @@ impl Convert {
 }
 
 /// Writes a string value as it would appear in TOML.
+/// A file key: absent or `""` means none.
+fn optional_path(text: Option<String>) -> Option<PathBuf> {
+    text.filter(|t| !t.is_empty()).map(PathBuf::from)
+}
+
 fn quote(text: &str) -> String {
     format!("{text:?}")
 }
@@ -1070,7 +1219,7 @@ fn read_token(path: &Path, key: &'static str) -> Result<Option<AdminToken>, Conf
             "holds spaces, control characters or non-ASCII characters inside the token",
         ));
     }
-    warn_if_shared(path);
+    warn_if_shared(path, "the admin token file");
     Ok(Some(AdminToken {
         token: token.to_owned(),
         source: path.to_path_buf(),
@@ -1132,14 +1281,14 @@ fn write_new_private(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// Warns when a token file can be read by users other than its owner.
-fn warn_if_shared(path: &Path) {
+fn warn_if_shared(path: &Path, what: &str) {
     if let Ok(metadata) = fs::metadata(path) {
         let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
                 mode = format_args!("{mode:o}"),
-                "the admin token file can be read by other users; chmod 600 it"
+                "{what} can be read by other users; chmod 600 it"
             );
         }
     }

@@ -89,11 +89,18 @@ async fn start_and_run(
     } else {
         tracing::info!(path = %token.source.display(), "admin token loaded");
     }
+    let keys = config::load_master_keys(&config, &config::process_env)?;
+    // Checked here for exit code 64; the outbound client reads it again when it is built.
+    config::load_extra_roots(&config.delivery)?;
+    if let Some(key) = &keys.current {
+        tracing::info!(path = %key.source().display(), "endpoint secrets are stored encrypted");
+    }
     let config = Arc::new(config);
     let dir = config.storage.dir.clone();
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&dir, CACHE_BYTES))
-        .await
-        .map_err(|e| RunError::Delivery(format!("store open task failed: {e}")))??;
+    let store =
+        tokio::task::spawn_blocking(move || store::Store::open_with_keys(&dir, CACHE_BYTES, keys))
+            .await
+            .map_err(|e| RunError::Delivery(format!("store open task failed: {e}")))??;
     let metrics = Arc::new(telemetry::Metrics::default());
     let scheduler = delivery::Scheduler::new(store.clone(), config.clone(), metrics.clone())
         .map_err(RunError::Delivery)?;

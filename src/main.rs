@@ -202,6 +202,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             eprintln!("preflix-webhookd: {e:#}");
             match e.downcast_ref::<preflix_webhookd::RunError>() {
                 Some(preflix_webhookd::RunError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+                // No master key, or the wrong one, for a store with encrypted secrets.
+                Some(preflix_webhookd::RunError::Store(
+                    preflix_webhookd::store::StoreError::MasterKey(_),
+                )) => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::FAILURE,
             }
         }

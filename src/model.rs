@@ -99,7 +99,10 @@ pub struct Endpoint {
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub created_at_ms: u64,
-    /// Newest first; the first is the current secret.
+    /// Newest first; the first is the current secret. Not part of the serialized fields: the store
+    /// keeps them after the other fields, sealed when a master key is configured
+    /// (`store::codec::EndpointRecord`).
+    #[serde(skip)]
     pub secrets: Vec<EndpointSecret>,
 }
 

@@ -87,6 +87,8 @@ fn a_file_with_every_key_parses() {
         [storage]
         dir = "/srv/db"
         max_bytes = 1000000
+        master_key_file = "/etc/key"
+        previous_master_key_file = ""
         [delivery]
         timeout = "250ms"
         connect_timeout = "20s"
@@ -94,6 +96,7 @@ fn a_file_with_every_key_parses() {
         allow_private_networks = true
         require_https = false
         use_system_roots = true
+        extra_roots_file = "/etc/roots.pem"
         [retry]
         schedule = ["1s", "2m"]
         jitter = 1
@@ -119,6 +122,8 @@ fn a_file_with_every_key_parses() {
         storage: StorageConfig {
             dir: PathBuf::from("/srv/db"),
             max_bytes: 1_000_000,
+            master_key_file: Some(PathBuf::from("/etc/key")),
+            previous_master_key_file: None,
         },
         delivery: DeliveryConfig {
             timeout: Duration::from_millis(250),
@@ -127,6 +132,7 @@ fn a_file_with_every_key_parses() {
             allow_private_networks: true,
             require_https: false,
             use_system_roots: true,
+            extra_roots_file: Some(PathBuf::from("/etc/roots.pem")),
         },
         retry: RetryConfig {
             schedule: vec![secs(1), secs(120)],

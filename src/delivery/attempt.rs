@@ -40,6 +40,9 @@ impl Client {
     pub fn new(config: &DeliveryConfig) -> Result<Client, String> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Partners behind a private CA (`delivery.extra_roots_file`), checked when it was read.
+        let extra = crate::config::load_extra_roots(config).map_err(|e| e.to_string())?;
+        roots.add_parsable_certificates(extra);
         if config.use_system_roots {
             let found = rustls_native_certs::load_native_certs();
             for cert in found.certs {

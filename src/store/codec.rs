@@ -1,6 +1,8 @@
 //! How records and keys become bytes: a version byte plus bincode for values, big-endian numbers for keys.
 
-use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
+use crate::model::{
+    DeadLetter, Delivery, Endpoint, EndpointHealth, EndpointSecret, Event, EventIdRecord,
+};
 use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -110,9 +112,76 @@ impl Record for EventIdRecord {
     const VERSION: u8 = 1;
     const NAME: &'static str = "event id";
 }
-impl Record for Endpoint {
-    const VERSION: u8 = 1;
+/// An endpoint as stored: its fields (all but its secrets), then its secrets, each sealed with the
+/// master key or in the clear (see `sealing`). Version 1 had the secrets in the clear in the same
+/// place, so its bytes read as an [`EndpointV1`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointRecord {
+    /// The endpoint, with `secrets` empty.
+    pub endpoint: Endpoint,
+    pub secrets: Vec<StoredSecret>,
+}
+
+/// One of an endpoint's secrets as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSecret {
+    pub value: SecretAtRest,
+    pub expires_at_ms: Option<u64>,
+}
+
+/// A secret in the clear, or sealed: XChaCha20-Poly1305 with a random nonce.
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum SecretAtRest {
+    Clear(String),
+    Sealed {
+        nonce: [u8; 24],
+        ciphertext: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for SecretAtRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretAtRest::Clear(_) => f.write_str("Clear(<redacted>)"),
+            SecretAtRest::Sealed { ciphertext, .. } => {
+                write!(f, "Sealed({} bytes)", ciphertext.len())
+            }
+        }
+    }
+}
+
+impl Record for EndpointRecord {
+    /// 2 may seal the secrets.
+    const VERSION: u8 = 2;
     const NAME: &'static str = "endpoint";
+
+    fn decode_older(version: u8, rest: &[u8]) -> Option<Result<Self, StoreError>> {
+        (version == 1)
+            .then(|| deserialize_as::<EndpointV1>("endpoint", rest).map(EndpointV1::upgrade))
+    }
+}
+
+/// An endpoint as version 1 stored it: the same fields, its secrets in the clear.
+#[derive(serde::Deserialize)]
+struct EndpointV1 {
+    endpoint: Endpoint,
+    secrets: Vec<EndpointSecret>,
+}
+
+impl EndpointV1 {
+    fn upgrade(self) -> EndpointRecord {
+        EndpointRecord {
+            endpoint: self.endpoint,
+            secrets: self
+                .secrets
+                .into_iter()
+                .map(|s| StoredSecret {
+                    value: SecretAtRest::Clear(s.secret),
+                    expires_at_ms: s.expires_at_ms,
+                })
+                .collect(),
+        }
+    }
 }
 impl Record for EndpointHealth {
     const VERSION: u8 = 1;
@@ -255,9 +324,8 @@ mod tests {
         assert_eq!(Delivery::decode(&bytes).unwrap(), sample_delivery());
     }
 
-    #[test]
-    fn golden_endpoint() {
-        let ep = Endpoint {
+    fn sample_endpoint() -> Endpoint {
+        Endpoint {
             num: 2,
             partner_id: "acme-health".into(),
             environment: Environment::Sandbox,
@@ -275,13 +343,46 @@ mod tests {
                 secret: "whsec_AAAA".into(),
                 expires_at_ms: Some(5),
             }],
+        }
+    }
+
+    /// Version 1 endpoints (secrets in the clear, before sealing) still read.
+    #[test]
+    fn version_1_endpoint_reads_with_its_secrets_in_the_clear() {
+        let v1 = unhex(include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim());
+        assert_eq!(v1[0], 1);
+        let record = EndpointRecord::decode(&v1).unwrap();
+        assert!(matches!(&record.secrets[0].value, SecretAtRest::Clear(s) if s == "whsec_AAAA"));
+        let keys = super::super::sealing::MasterKeys::default();
+        assert_eq!(keys.open(record).unwrap(), (sample_endpoint(), false));
+    }
+
+    /// Version 2, sealed with a fixed key and nonce (line 1) and in the clear (line 2). Pins the
+    /// record layout and the sealing itself (cipher, associated data), so a store sealed today opens
+    /// tomorrow.
+    #[test]
+    fn golden_endpoint() {
+        use super::super::sealing::{MasterKey, MasterKeys};
+        let key = MasterKey::parse(&[7; 32], std::path::Path::new("test")).unwrap();
+        let sealed_keys = MasterKeys {
+            current: Some(key),
+            previous: None,
         };
-        let bytes = ep.encode();
+        let sealed = sealed_keys.seal_with(&sample_endpoint(), || [9u8; 24].into());
+        let clear = MasterKeys::default().seal(&sample_endpoint());
+        let both = format!("{}\n{}\n", hex(&sealed.encode()), hex(&clear.encode()));
         assert_eq!(
-            hex(&bytes),
-            include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim()
+            both,
+            include_str!("../../tests/fixtures/golden/endpoint.v2.hex")
         );
-        assert_eq!(Endpoint::decode(&bytes).unwrap(), ep);
+        let read = EndpointRecord::decode(&sealed.encode()).unwrap();
+        assert_eq!(read, sealed);
+        assert_eq!(sealed_keys.open(read).unwrap(), (sample_endpoint(), false));
+        let read = EndpointRecord::decode(&clear.encode()).unwrap();
+        assert_eq!(
+            MasterKeys::default().open(read).unwrap(),
+            (sample_endpoint(), false)
+        );
     }
 
     #[test]

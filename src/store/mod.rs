@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `events` | event seq | [`Event`] |
 //! | `event_ids` | event id text | [`EventIdRecord`] (idempotency) |
-//! | `endpoints` | endpoint num | [`Endpoint`] |
+//! | `endpoints` | endpoint num | [`codec::EndpointRecord`]: the [`Endpoint`], its secrets sealed with the master key when one is given ([`sealing`]) |
 //! | `health` | endpoint num | [`EndpointHealth`] |
 //! | `deliveries` | event seq, delivery seq | [`Delivery`], once attempted (see below) |
 //! | `queue` | endpoint num, sort, delivery seq | due time (unix ms), event seq: the due-time index |
@@ -26,9 +26,11 @@
 pub mod codec;
 mod idfilter;
 mod ops;
+pub mod sealing;
 mod writer;
 
 pub use ops::{DeliveryRefused, IngestOutcome, NewEvent, Redriven, SettleOutcome, Settlement};
+pub use sealing::{MasterKey, MasterKeys};
 pub use writer::{Tx, TxResult};
 
 use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
@@ -57,6 +59,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+    /// The endpoint secrets cannot be opened with the master keys given (none, or the wrong one).
+    #[error("{0}")]
+    MasterKey(#[from] sealing::SealError),
 }
 
 /// The `meta` key prefix of an endpoint's pending count.
@@ -117,6 +122,8 @@ pub(crate) struct State {
     pub wake: Arc<tokio::sync::Notify>,
     /// Which event ids may be stored; see [`idfilter`].
     pub ids: Arc<idfilter::IdFilter>,
+    /// What endpoint secrets are sealed with when written; see [`sealing`].
+    pub keys: MasterKeys,
 }
 
 pub(crate) struct Trees {
@@ -162,8 +169,20 @@ pub struct QueueEntry {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`.
+    /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`, endpoint secrets in the clear.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Store::open_with_keys(dir, cache_bytes, MasterKeys::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, its endpoint secrets sealed with `keys.current` (in
+    /// the clear without one). Secrets not in that form are rewritten in it before anything else
+    /// runs: clear ones sealed, ones sealed with `keys.previous` sealed again. Secrets that no key
+    /// given opens stop the opening: the daemon never starts signing with secrets it cannot read.
+    pub fn open_with_keys(
+        dir: &Path,
+        cache_bytes: u64,
+        keys: MasterKeys,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = open_db(dir, cache_bytes)?;
         let open = |name: &str| db.open_tree(name);
@@ -193,12 +212,7 @@ impl Store {
             )))
             }
         }
-        let mut endpoints = BTreeMap::new();
-        for item in trees.endpoints.iter() {
-            let (_, value) = item?;
-            let ep = Endpoint::decode(&value)?;
-            endpoints.insert(ep.num, Arc::new(ep));
-        }
+        let endpoints = open_endpoints(&trees, &keys, dir)?;
         let counters = match trees.meta.get("counters")? {
             Some(v) => Counters::decode(&v)?,
             None => Counters::default(),
@@ -222,6 +236,7 @@ impl Store {
             next_id: std::sync::atomic::AtomicU64::new(next_id),
             wake: Arc::new(tokio::sync::Notify::new()),
             ids: Arc::new(idfilter::IdFilter::new()),
+            keys,
         });
         let writer = writer::start(state.clone(), dir)?;
         let stop_id_scan = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -590,6 +605,48 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
         bytes_before,
         bytes_after,
     })
+}
+
+/// Reads every endpoint, opening its secrets with `keys`, and rewrites in place (durably, before the
+/// writer starts) those whose secrets are not in the form `keys.current` asks for.
+fn open_endpoints(
+    trees: &Trees,
+    keys: &MasterKeys,
+    dir: &Path,
+) -> Result<BTreeMap<u64, Arc<Endpoint>>, StoreError> {
+    let mut endpoints = BTreeMap::new();
+    let mut stale = Vec::new();
+    for item in trees.endpoints.iter() {
+        let (_, value) = item?;
+        let (ep, is_stale) = keys.open(codec::EndpointRecord::decode(&value)?)?;
+        if is_stale {
+            stale.push(ep.num);
+        }
+        endpoints.insert(ep.num, Arc::new(ep));
+    }
+    if !stale.is_empty() {
+        for num in &stale {
+            let record = keys.seal(&endpoints[num]);
+            trees
+                .endpoints
+                .insert(codec::u64_key(*num), record.encode())?;
+        }
+        trees.endpoints.flush()?;
+        File::open(dir.join("db"))?.sync_all()?;
+        match &keys.current {
+            Some(key) => tracing::info!(
+                endpoints = stale.len(),
+                key = %key.source().display(),
+                "endpoint secrets encrypted with the master key; run `preflix-webhookd compact` \
+                 while stopped to drop older copies from the store's files"
+            ),
+            None => tracing::warn!(
+                endpoints = stale.len(),
+                "endpoint secrets decrypted and stored in the clear: no master key is configured"
+            ),
+        }
+    }
+    Ok(endpoints)
 }
 
 /// How long opening waits for sled's lock on the data file to be released.

@@ -51,6 +51,14 @@ fn event_v1_bytes(ev: &Event) -> Vec<u8> {
     bytes
 }
 
+/// The endpoint as version 1 stored it: without secrets, its bytes are today's with version byte 1.
+fn endpoint_v1_bytes() -> Vec<u8> {
+    assert!(endpoint().secrets.is_empty());
+    let mut bytes = super::MasterKeys::default().seal(&endpoint()).encode();
+    bytes[0] = 1;
+    bytes
+}
+
 fn delivery(seq: u64, status: DeliveryStatus) -> Delivery {
     Delivery {
         status,
@@ -70,7 +78,7 @@ fn write_version_1_store(dir: &std::path::Path) {
         .unwrap();
     let tree = |name: &str| db.open_tree(name).unwrap();
     tree("endpoints")
-        .insert(u64_key(1), endpoint().encode())
+        .insert(u64_key(1), endpoint_v1_bytes())
         .unwrap();
     tree("events")
         .insert(u64_key(2), event_v1_bytes(&event()))

@@ -166,7 +166,8 @@ impl Tx<'_> {
 
     /// Stores the endpoint and updates the in-memory copy once the group commits.
     pub fn put_endpoint(&self, ep: Endpoint) -> TxResult<()> {
-        self.put(TreeId::Endpoints, &super::codec::u64_key(ep.num), &ep)?;
+        let record = self.state.keys.seal(&ep);
+        self.put(TreeId::Endpoints, &super::codec::u64_key(ep.num), &record)?;
         let mut fx = self.effects.borrow_mut();
         fx.removed_endpoints.remove(&ep.num);
         fx.upserted_endpoints.push(Arc::new(ep));

@@ -8,6 +8,7 @@ mod intake;
 mod operate;
 mod partition;
 mod partner;
+mod secrets;
 mod smoke;
 mod soak;
 mod support;
