@@ -53,7 +53,8 @@ fn event() -> impl Strategy<Value = Event> {
     )
 }
 
-fn endpoint() -> impl Strategy<Value = Endpoint> {
+/// An endpoint record, its secrets in the clear or sealed (arbitrary nonce and ciphertext).
+fn endpoint() -> impl Strategy<Value = EndpointRecord> {
     let secret = (text(), of(any::<u64>())).prop_map(|(secret, expires_at_ms)| EndpointSecret {
         secret,
         expires_at_ms,
@@ -87,7 +88,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
             created_at_ms,
             secrets,
         ) = tail;
-        Endpoint {
+        let endpoint = Endpoint {
             num,
             partner_id,
             environment,
@@ -101,8 +102,24 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
             enabled,
             disabled_reason,
             created_at_ms,
-            secrets,
-        }
+            secrets: Vec::new(),
+        };
+        let secrets = secrets
+            .into_iter()
+            .enumerate()
+            .map(|(i, s): (usize, EndpointSecret)| StoredSecret {
+                value: if i % 2 == 0 {
+                    SecretAtRest::Clear(s.secret)
+                } else {
+                    SecretAtRest::Sealed {
+                        nonce: [i as u8; 24],
+                        ciphertext: s.secret.into_bytes(),
+                    }
+                },
+                expires_at_ms: s.expires_at_ms,
+            })
+            .collect();
+        EndpointRecord { endpoint, secrets }
     })
 }
 
@@ -266,7 +283,7 @@ fn encodings() -> impl Strategy<Value = Vec<Vec<u8>>> {
 fn decode_as_every_record(bytes: &[u8]) -> [bool; 7] {
     [
         Event::decode(bytes).is_ok(),
-        Endpoint::decode(bytes).is_ok(),
+        EndpointRecord::decode(bytes).is_ok(),
         Delivery::decode(bytes).is_ok(),
         DeadLetter::decode(bytes).is_ok(),
         EventIdRecord::decode(bytes).is_ok(),
@@ -284,7 +301,7 @@ proptest! {
         id in id_record(), h in health(), c in counters(),
     ) {
         prop_assert_eq!(Event::decode(&ev.encode()).unwrap(), ev);
-        prop_assert_eq!(Endpoint::decode(&ep.encode()).unwrap(), ep);
+        prop_assert_eq!(EndpointRecord::decode(&ep.encode()).unwrap(), ep);
         prop_assert_eq!(Delivery::decode(&d.encode()).unwrap(), d);
         prop_assert_eq!(DeadLetter::decode(&dl.encode()).unwrap(), dl);
         prop_assert_eq!(EventIdRecord::decode(&id.encode()).unwrap(), id);
@@ -326,7 +343,7 @@ proptest! {
         let [ev, ep, d, dl, id, h, c] = &records[..] else { unreachable!() };
         let cut_of = |b: &Vec<u8>| b[..cut.index(b.len())].to_vec();
         prop_assert!(Event::decode(&cut_of(ev)).is_err());
-        prop_assert!(Endpoint::decode(&cut_of(ep)).is_err());
+        prop_assert!(EndpointRecord::decode(&cut_of(ep)).is_err());
         prop_assert!(Delivery::decode(&cut_of(d)).is_err());
         prop_assert!(DeadLetter::decode(&cut_of(dl)).is_err());
         prop_assert!(EventIdRecord::decode(&cut_of(id)).is_err());
