@@ -205,7 +205,8 @@ fn failed(error: String, started: Instant) -> Outcome {
     }
 }
 
-/// A sentence for the attempt log from a client error: the guard's refusal, or the deepest cause.
+/// A sentence for the attempt log from a client error: the guard's refusal, a TLS failure said
+/// plainly, or the deepest cause.
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
     if let Some(g) = guard::find_guard_error(e) {
         return format!("address refused: {g}");
@@ -213,6 +214,9 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut deepest = e.to_string();
     while let Some(s) = source {
+        if let Some(tls) = find_tls_error(s) {
+            return describe_tls(tls);
+        }
         deepest = s.to_string();
         source = s.source();
     }
@@ -222,4 +226,38 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
         "request failed"
     };
     format!("{kind}: {deepest}")
+}
+
+/// The rustls error behind `e`, which tokio-rustls and hyper-rustls each wrap in an `io::Error`
+/// (whose `source` skips what it wraps).
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut e = e;
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        e = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
+}
+
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let what = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => "the receiver's certificate has expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the receiver's certificate is not valid yet"
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the receiver's certificate is not valid for the endpoint's host name"
+            }
+            C::UnknownIssuer => {
+                "the receiver's certificate is not signed by a trusted CA (a partner behind a \
+                 private CA needs it in delivery.extra_roots_file)"
+            }
+            _ => "the receiver's certificate was refused",
+        },
+        _ => "the TLS handshake failed",
+    };
+    format!("TLS: {what} ({e})")
 }

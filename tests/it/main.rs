@@ -12,3 +12,4 @@ mod secrets;
 mod smoke;
 mod soak;
 mod support;
+mod tls;
