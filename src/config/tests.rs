@@ -637,3 +637,54 @@ fn the_example_file_holds_every_key_with_the_defaults() {
         }
     }
 }
+
+#[test]
+fn master_keys_come_from_the_file_keys_else_from_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = tempfile::tempdir().unwrap();
+    let creds = credentials.path().to_str().unwrap().to_owned();
+    let env = env_of(&[("CREDENTIALS_DIRECTORY", &creds)]);
+    let mut config = config_with_dir(dir.path());
+
+    // Nothing anywhere: no key, secrets in the clear.
+    let keys = load_master_keys(&config, &env).unwrap();
+    assert!(keys.current.is_none() && keys.previous.is_none());
+
+    // The credentials, both of them.
+    fs::write(credentials.path().join("master_key"), [7u8; 32]).unwrap();
+    fs::write(
+        credentials.path().join("previous_master_key"),
+        "ab".repeat(32),
+    )
+    .unwrap();
+    let keys = load_master_keys(&config, &env).unwrap();
+    assert_eq!(
+        keys.current.unwrap().source(),
+        credentials.path().join("master_key")
+    );
+    assert!(keys.previous.is_some());
+
+    // The config key wins, and must exist.
+    let own = dir.path().join("own_key");
+    fs::write(&own, format!("{}\n", "0f".repeat(32))).unwrap();
+    config.storage.master_key_file = Some(own.clone());
+    assert_eq!(
+        load_master_keys(&config, &env)
+            .unwrap()
+            .current
+            .unwrap()
+            .source(),
+        own
+    );
+    config.storage.master_key_file = Some(dir.path().join("absent"));
+    let e = load_master_keys(&config, &env).unwrap_err();
+    assert_eq!(e.key(), Some("storage.master_key_file"));
+    assert!(e.to_string().contains("cannot be read"), "{e}");
+
+    // A credential of the wrong size is refused, naming where it came from.
+    config.storage.master_key_file = None;
+    fs::write(credentials.path().join("master_key"), "short").unwrap();
+    let e = load_master_keys(&config, &env).unwrap_err();
+    assert_eq!(e.key(), Some("$CREDENTIALS_DIRECTORY"));
+    assert!(e.to_string().contains("exactly 32 bytes"), "{e}");
+}

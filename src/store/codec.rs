@@ -78,6 +78,31 @@ impl Record for Event {
     }
 }
 
+/// The first fields of a stored event, which every event version begins with: who it is for.
+/// Decoded without the rest (the payload above all) where only that is needed.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct EventHead {
+    pub seq: u64,
+    pub id: String,
+    pub partner_id: String,
+    pub environment: crate::model::Environment,
+}
+
+/// Reads the [`EventHead`] of a stored event (version 1 or 2).
+pub fn decode_event_head(bytes: &[u8]) -> Result<EventHead, StoreError> {
+    match bytes.split_first() {
+        Some((1 | 2, rest)) => options()
+            .allow_trailing_bytes()
+            .deserialize(rest)
+            .map_err(|e| StoreError::Corrupt(format!("event record: {e}"))),
+        Some((v, _)) => Err(StoreError::Corrupt(format!(
+            "event record has version {v}; this daemon reads version {}",
+            Event::VERSION
+        ))),
+        None => Err(StoreError::Corrupt("event record is empty".into())),
+    }
+}
+
 /// An event as version 1 stored it: every delivery of such an event has a record of its own.
 #[derive(serde::Deserialize)]
 struct EventV1 {
@@ -312,6 +337,21 @@ mod tests {
             ..sample_event()
         };
         assert_eq!(Event::decode(&v1).unwrap(), expected);
+    }
+
+    #[test]
+    fn an_events_head_reads_from_every_version() {
+        let head = EventHead {
+            seq: 7,
+            id: "evt_7b2".into(),
+            partner_id: "acme-health".into(),
+            environment: Environment::Production,
+        };
+        assert_eq!(decode_event_head(&sample_event().encode()).unwrap(), head);
+        let v1 = unhex(include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        assert_eq!(decode_event_head(&v1).unwrap(), head);
+        assert!(decode_event_head(&[9, 1, 2]).is_err());
+        assert!(decode_event_head(&[]).is_err());
     }
 
     #[test]

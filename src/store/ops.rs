@@ -1,6 +1,6 @@
 //! The store's transactions: every state change of the daemon, each one atomic.
 
-use super::codec::{pair_key, queue_key, queue_value, u64_key};
+use super::codec::{decode_event_head, pair_key, queue_key, queue_value, u64_key, EventHead};
 use super::writer::{TreeId, Tx, TxResult};
 use super::{DeliveryKey, QueueEntry, Store, StoreError};
 use crate::model::{
@@ -63,12 +63,22 @@ struct Audience<'a> {
 }
 
 impl<'a> Audience<'a> {
-    fn of(event: &'a Event) -> Audience<'a> {
+    fn of(event: &'a EventHead) -> Audience<'a> {
         Audience {
             event_id: &event.id,
             partner_id: &event.partner_id,
             environment: event.environment,
         }
+    }
+}
+
+/// Who a stored event is for, read without its payload; `None` when it is gone.
+fn event_head(tx: &Tx<'_>, event_seq: u64) -> TxResult<Option<EventHead>> {
+    match tx.get_raw(TreeId::Events, &u64_key(event_seq))? {
+        Some(bytes) => decode_event_head(&bytes)
+            .map(Some)
+            .map_err(sled::transaction::ConflictableTransactionError::Abort),
+        None => Ok(None),
     }
 }
 
@@ -291,7 +301,7 @@ impl Store {
                 let Some(ep) = tx.endpoint(endpoint_num) else {
                     continue;
                 };
-                let Some(event) = tx.get::<Event>(TreeId::Events, &u64_key(event_seq))? else {
+                let Some(event) = event_head(tx, event_seq)? else {
                     continue;
                 };
                 if let Err(refused) = admit(Audience::of(&event), &ep) {
@@ -697,7 +707,7 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<Redrive> {
     };
     let delivery = load_delivery(tx, key)?;
     let endpoint = delivery.as_ref().and_then(|d| tx.endpoint(d.endpoint_num));
-    let event = tx.get::<Event>(TreeId::Events, &u64_key(dl.event_seq))?;
+    let event = event_head(tx, dl.event_seq)?;
     let (Some(mut d), Some(ep), Some(event)) = (delivery, endpoint, event) else {
         // Nothing left to deliver: the dead letter just goes.
         remove_dead_letter(tx, seq)?;
