@@ -6,6 +6,7 @@
 //! delivery is still in the queue, due, and is attempted again after the restart.
 
 use super::attempt::{Client, Outcome};
+use super::fairness::Slots;
 use super::retry::{self, AttemptResult, Decision, RetryPolicy};
 use crate::config::Config;
 use crate::model::{Attempt, DeadReason, Endpoint};
@@ -53,7 +54,34 @@ struct EndpointRun {
     /// least once a second, so an entry that lands behind it (clock step, `ordered` switched off) waits
     /// at most that long.
     cursor: Option<((u64, u64), Instant)>,
+    /// At its last queue read, the endpoint had due deliveries it was not allowed to start: with
+    /// attempts under way, this makes it one of the endpoints with work that share the slots.
+    wants_more: bool,
+    /// Its last read, with only first-attempt slots open to it, found only retries: until then it
+    /// reads again only once retries may start, so blocked retries are not re-read every round.
+    only_retries_until: Option<Instant>,
 }
+
+/// What one endpoint may start in this round.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Attempts it may start at most (slots and rate tokens); retries may get fewer.
+    room: usize,
+    /// Its cap: its own limit held to its fair share.
+    cap: usize,
+    /// Its attempts under way.
+    mine: usize,
+    /// All attempts under way.
+    total: usize,
+}
+
+/// How long an endpoint whose due deliveries are all retries waits before it looks for first
+/// attempts again while retries may not start.
+const ONLY_RETRIES_PAUSE: Duration = Duration::from_millis(20);
+
+/// When part of an endpoint's room is only for first attempts, retries in the way are read and
+/// skipped: this many more entries are read to find first attempts behind them.
+const SKIP_READ: usize = 32;
 
 /// How long a queue cursor is trusted before the next read starts from the head again.
 const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
@@ -193,32 +221,33 @@ impl Scheduler {
     /// Claims what is due within the limits and starts its attempts. Returns the next due time it saw.
     fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
         let now = now_ms();
-        let max_total = self.config.delivery.max_in_flight;
+        let slots = Slots::new(self.config.delivery.max_in_flight);
         let mut next_due: Option<u64> = None;
         let mut note = |t: u64| next_due = Some(next_due.map_or(t, |n| n.min(t)));
         // Start each round at a different endpoint so none is always served last.
         let mut endpoints = self.store.endpoints();
+        endpoints.retain(|ep| ep.enabled);
         if !endpoints.is_empty() {
             let start = self.round.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
             endpoints.rotate_left(start);
         }
-        for ep in endpoints {
-            if !ep.enabled {
+        let (share, busy) = self.fair_share(&slots, &endpoints, now, &mut note);
+        for (ep, busy) in endpoints.into_iter().zip(busy) {
+            if !busy {
                 continue;
             }
-            let free_total = max_total.saturating_sub(self.handle.in_flight_count());
-            if free_total == 0 {
+            let total = self.handle.in_flight_count();
+            if total >= slots.max_total {
                 break;
             }
-            let (room, wait_until) = self.room(&ep, now);
+            let (budget, wait_until) = self.budget(&ep, now, &slots, share, total);
             if let Some(t) = wait_until {
                 note(t);
             }
-            let room = room.min(free_total);
-            if room == 0 {
+            if budget.room == 0 {
                 continue;
             }
-            let claimed = match self.due_entries(&ep, now, room, &mut note) {
+            let claimed = match self.due_entries(&ep, now, &slots, budget, &mut note) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the queue failed");
@@ -235,16 +264,80 @@ impl Scheduler {
         next_due
     }
 
+    /// The fair share of the slots in this round, among the endpoints with work: attempts under way,
+    /// due deliveries left at their last read, or a due delivery at the head of their queue (looked
+    /// at here for the others, so that endpoints starting together share from the first round).
+    /// Also returns, for each endpoint, whether it may have due work (when not, its queue is not
+    /// read this round).
+    fn fair_share(
+        &self,
+        slots: &Slots,
+        endpoints: &[Arc<Endpoint>],
+        now: u64,
+        note: &mut impl FnMut(u64),
+    ) -> (usize, Vec<bool>) {
+        let known: Vec<bool> = {
+            let runs = self.handle.shared.runs();
+            endpoints
+                .iter()
+                .map(|ep| {
+                    runs.get(&ep.num)
+                        .is_some_and(|r| r.in_flight > 0 || r.wants_more)
+                })
+                .collect()
+        };
+        let mut needs = Vec::new();
+        let mut busy = Vec::with_capacity(endpoints.len());
+        for (ep, known) in endpoints.iter().zip(known) {
+            let working = known
+                || match self.store.first_queue_entry(ep.num, 0) {
+                    // Unordered, the head is the earliest due, unless it is still in the ordered
+                    // form (`ordered` just switched off).
+                    Ok(Some(head)) if head.due_ms > now && (ep.ordered || head.sort != 0) => {
+                        note(head.due_ms);
+                        false
+                    }
+                    Ok(Some(_)) => true,
+                    Ok(None) => false,
+                    // Read again, and the error logged, when its queue is read.
+                    Err(_) => true,
+                };
+            if working {
+                needs.push(need(ep));
+            }
+            busy.push(working);
+        }
+        (slots.share(&mut needs), busy)
+    }
+
     /// How many attempts this endpoint may start now, and when it may start more if none.
-    fn room(&self, ep: &Endpoint, now: u64) -> (usize, Option<u64>) {
+    fn budget(
+        &self,
+        ep: &Endpoint,
+        now: u64,
+        slots: &Slots,
+        share: usize,
+        total: usize,
+    ) -> (Budget, Option<u64>) {
         let mut runs = self.handle.shared.runs();
         let run = runs.entry(ep.num).or_default();
-        let limit = if ep.ordered {
-            1
-        } else {
-            ep.max_in_flight.max(1)
+        let cap = slots.cap(own_limit(ep), share);
+        let mine = run.in_flight as usize;
+        let mut budget = Budget {
+            room: slots.room(total, mine, cap),
+            cap,
+            mine,
+            total,
         };
-        let mut room = limit.saturating_sub(run.in_flight) as usize;
+        if let Some(until) = run.only_retries_until {
+            let at = Instant::now();
+            if at < until && !slots.admits(total, mine, cap, true) {
+                let wait_ms = (until - at).as_millis() as u64 + 1;
+                budget.room = 0;
+                return (budget, Some(now + wait_ms));
+            }
+            run.only_retries_until = None;
+        }
         if let Some(rate) = ep.rate_limit_per_second {
             let rate = f64::from(rate.max(1));
             let at = Instant::now();
@@ -256,21 +349,29 @@ impl Scheduler {
             let whole = run.tokens.floor() as usize;
             if whole == 0 {
                 let wait_ms = ((1.0 - run.tokens) / rate * 1000.0).ceil() as u64;
-                return (0, Some(now + wait_ms.max(1)));
+                budget.room = 0;
+                return (budget, Some(now + wait_ms.max(1)));
             }
-            room = room.min(whole);
+            budget.room = budget.room.min(whole);
         }
-        (room, None)
+        (budget, None)
     }
 
-    /// Up to `room` due deliveries of this endpoint that are not already under way.
+    /// Up to `budget.room` due deliveries of this endpoint that are not already under way and that
+    /// the slot rules admit, in queue order.
     fn due_entries(
         &self,
         ep: &Endpoint,
         now: u64,
-        room: usize,
+        slots: &Slots,
+        budget: Budget,
         note: &mut impl FnMut(u64),
     ) -> Result<Vec<QueueEntry>, crate::store::StoreError> {
+        let room = budget.room;
+        // Whether the n-th entry taken in this round (0-based) may start.
+        let admits = |n: usize, retry: bool| {
+            slots.admits(budget.total + n, budget.mine + n, budget.cap, retry)
+        };
         let cursor = {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
@@ -291,6 +392,8 @@ impl Scheduler {
         if ep.ordered {
             // Only the head may go, and only when nothing of this endpoint is under way.
             let Some(head) = self.store.first_queue_entry(ep.num, 0)? else {
+                drop(claimed);
+                self.set_wants_more(ep.num, false);
                 return Ok(vec![]);
             };
             if claimed.contains(&head.delivery.seq) {
@@ -299,30 +402,64 @@ impl Scheduler {
             drop(claimed);
             if head.due_ms > now {
                 note(head.due_ms);
+                self.set_wants_more(ep.num, false);
                 return Ok(vec![]);
             }
+            if !admits(0, head.retry) {
+                self.set_wants_more(ep.num, true);
+                return Ok(vec![]);
+            }
+            self.set_wants_more(ep.num, false);
             return Ok(vec![head]);
         }
         // From the cursor on, entries are not claimed (claims sit before it), so `room` entries suffice;
-        // from the head, the claimed ones are read and skipped.
-        let limit = if cursor.is_some() {
+        // from the head, the claimed ones are read and skipped. When some of the room is only for
+        // first attempts, a few more are read, so that first attempts behind retries are found.
+        let mut limit = if cursor.is_some() {
             room
         } else {
             room + claimed.len()
         };
+        if !admits(0, true) || !admits(room - 1, true) {
+            limit += SKIP_READ;
+        }
         let entries = self.store.queue_entries_after(ep.num, cursor, now, limit)?;
-        let taken: Vec<&QueueEntry> = entries
-            .iter()
-            .filter(|e| e.due_ms <= now && !claimed.contains(&e.delivery.seq))
-            .take(room)
-            .collect();
+        let mut due: Vec<QueueEntry> = Vec::new();
+        // The cursor moves past what is taken or under way, never past an entry left waiting.
+        let mut passed: Option<&QueueEntry> = None;
+        let mut left_waiting = false;
+        for e in &entries {
+            if due.len() == room {
+                break;
+            }
+            if claimed.contains(&e.delivery.seq) {
+                if !left_waiting {
+                    passed = Some(e);
+                }
+                continue;
+            }
+            if e.due_ms <= now && admits(due.len(), e.retry) {
+                due.push(*e);
+                if !left_waiting {
+                    passed = Some(e);
+                }
+            } else {
+                left_waiting = true;
+            }
+        }
         drop(claimed);
-        let due: Vec<QueueEntry> = taken.iter().map(|e| **e).collect();
-        if let Some(last) = taken.last() {
+        let cut_short = left_waiting || entries.len() >= limit;
+        {
             let mut runs = self.handle.shared.runs();
             let run = runs.entry(ep.num).or_default();
-            let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
-            run.cursor = Some(((last.sort, last.delivery.seq), since));
+            run.wants_more = cut_short;
+            if due.is_empty() && left_waiting && !admits(0, true) {
+                run.only_retries_until = Some(Instant::now() + ONLY_RETRIES_PAUSE);
+            }
+            if let Some(last) = passed.filter(|_| !due.is_empty()) {
+                let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
+                run.cursor = Some(((last.sort, last.delivery.seq), since));
+            }
         }
         if due.len() < room {
             if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
@@ -330,6 +467,12 @@ impl Scheduler {
             }
         }
         Ok(due)
+    }
+
+    fn set_wants_more(&self, num: u64, wants_more: bool) {
+        if let Some(run) = self.handle.shared.runs().get_mut(&num) {
+            run.wants_more = wants_more;
+        }
     }
 
     fn claim(&self, ep: &Endpoint, seq: u64) {
@@ -448,4 +591,23 @@ impl Scheduler {
 
 fn now_ms() -> u64 {
     crate::api::now_ms()
+}
+
+/// How many slots an endpoint with work can use, for the fair share: its own limit, and no more
+/// than its rate limit per second (attempts of one second).
+fn need(ep: &Endpoint) -> usize {
+    let limit = own_limit(ep);
+    match ep.rate_limit_per_second {
+        Some(rate) => limit.min(rate.max(1) as usize),
+        None => limit,
+    }
+}
+
+/// An endpoint's own limit on attempts under way: 1 when `ordered`, else its `max_in_flight`.
+fn own_limit(ep: &Endpoint) -> usize {
+    if ep.ordered {
+        1
+    } else {
+        ep.max_in_flight.max(1) as usize
+    }
 }

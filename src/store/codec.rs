@@ -261,9 +261,29 @@ pub fn queue_value(due_ms: u64, event_seq: u64) -> [u8; 16] {
     pair_key(due_ms, event_seq)
 }
 
+/// The value of a retry's queue entry: [`queue_value`] and one byte, [`RETRY_MARK`].
+///
+/// The scheduler keeps a reserve of attempt slots that retries may not use, and tells them from
+/// first attempts by this byte without reading the delivery. First attempts keep the 16-byte form
+/// (ingest writes nothing more); an older binary reads the first 16 bytes and ignores the mark.
+pub fn retry_queue_value(due_ms: u64, event_seq: u64) -> [u8; 17] {
+    let mut value = [0u8; 17];
+    value[..16].copy_from_slice(&pair_key(due_ms, event_seq));
+    value[16] = RETRY_MARK;
+    value
+}
+
+/// The byte after a queue value's 16 bytes that marks the entry of a retry.
+pub const RETRY_MARK: u8 = 1;
+
 /// Splits a queue entry's value into (due time, event seq).
 pub fn split_queue_value(value: &[u8]) -> (u64, u64) {
     (read_u64(value), read_u64(value.get(8..).unwrap_or(&[])))
+}
+
+/// Whether a queue entry's value marks a retry (see [`retry_queue_value`]).
+pub fn queue_value_is_retry(value: &[u8]) -> bool {
+    value.get(16) == Some(&RETRY_MARK)
 }
 
 /// Splits a queue key into (endpoint, sort, delivery). A damaged key of another length gives
@@ -490,6 +510,9 @@ mod tests {
         assert_eq!(split_queue_key(&queue_key(3, 4, 5)), (3, 4, 5));
         assert!(pair_key(1, 300) < pair_key(2, 1));
         assert_eq!(split_queue_value(&queue_value(5, 6)), (5, 6));
+        assert_eq!(split_queue_value(&retry_queue_value(5, 6)), (5, 6));
+        assert!(!queue_value_is_retry(&queue_value(5, 6)));
+        assert!(queue_value_is_retry(&retry_queue_value(5, 6)));
         assert_eq!(read_u64(&u64_key(42)), 42);
     }
 

@@ -166,6 +166,9 @@ pub struct QueueEntry {
     pub due_ms: u64,
     /// The entry's sort position: with the delivery seq, where it stands in the queue.
     pub sort: u64,
+    /// The delivery was attempted and is waiting for its next attempt (the scheduler's reserve of
+    /// slots is for first attempts only). False for entries written before the mark existed.
+    pub retry: bool,
 }
 
 impl Store {
@@ -703,6 +706,7 @@ fn queue_entry(key: &[u8], value: &[u8]) -> QueueEntry {
         delivery: DeliveryKey { event_seq, seq },
         due_ms,
         sort,
+        retry: codec::queue_value_is_retry(value),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The store's transactions: every state change of the daemon, each one atomic.
 
-use super::codec::{decode_event_head, pair_key, queue_key, queue_value, u64_key, EventHead};
+use super::codec::{
+    decode_event_head, pair_key, queue_key, queue_value, retry_queue_value, u64_key, EventHead,
+};
 use super::writer::{TreeId, Tx, TxResult};
 use super::{DeliveryKey, QueueEntry, Store, StoreError};
 use crate::model::{
@@ -121,7 +123,7 @@ fn create_delivery(
     if let Err(refused) = admit(event, ep) {
         return Ok(Err(refused));
     }
-    enqueue(tx, ep, key, due_ms)?;
+    enqueue(tx, ep, key, due_ms, false)?;
     count_new_delivery(tx, ep.num);
     Ok(Ok(()))
 }
@@ -246,7 +248,7 @@ impl Store {
                     let key = queue_key(num, e.sort, e.delivery.seq);
                     if tx.get_raw(TreeId::Queue, &key)?.is_some() {
                         tx.remove(TreeId::Queue, &key)?;
-                        enqueue(tx, &ep, e.delivery, e.due_ms)?;
+                        enqueue(tx, &ep, e.delivery, e.due_ms, e.retry)?;
                     }
                 }
                 Ok(())
@@ -528,16 +530,26 @@ fn put_delivery(tx: &Tx<'_>, d: &Delivery) -> TxResult<()> {
     tx.put(TreeId::Deliveries, &pair_key(d.event_seq, d.seq), d)
 }
 
-/// Puts a delivery in its endpoint's queue. New deliveries come here only through
-/// [`create_delivery`], and redriven ones after [`admit`]; the others are already in the queue's
-/// care (a retry after a failed attempt, a rewrite after `ordered` changed).
-fn enqueue(tx: &Tx<'_>, ep: &Endpoint, key: DeliveryKey, due_ms: u64) -> TxResult<()> {
+/// Puts a delivery in its endpoint's queue; `retry` marks a delivery already attempted. New
+/// deliveries come here only through [`create_delivery`], and redriven ones after [`admit`]; the
+/// others are already in the queue's care (a retry after a failed attempt, a rewrite after `ordered`
+/// changed).
+fn enqueue(tx: &Tx<'_>, ep: &Endpoint, key: DeliveryKey, due_ms: u64, retry: bool) -> TxResult<()> {
     let sort = if ep.ordered { 0 } else { due_ms };
-    tx.put_raw(
-        TreeId::Queue,
-        &queue_key(ep.num, sort, key.seq),
-        &queue_value(due_ms, key.event_seq),
-    )?;
+    let queue_key = queue_key(ep.num, sort, key.seq);
+    if retry {
+        tx.put_raw(
+            TreeId::Queue,
+            &queue_key,
+            &retry_queue_value(due_ms, key.event_seq),
+        )?;
+    } else {
+        tx.put_raw(
+            TreeId::Queue,
+            &queue_key,
+            &queue_value(due_ms, key.event_seq),
+        )?;
+    }
     tx.wake_scheduler();
     Ok(())
 }
@@ -628,7 +640,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         }
         SettleOutcome::Retry { at_ms } => {
             d.next_attempt_at_ms = Some(at_ms);
-            enqueue(tx, &ep, s.delivery, at_ms)?;
+            enqueue(tx, &ep, s.delivery, at_ms, true)?;
             note_failure(&mut health, now);
             let mut c = tx.counters();
             if !was_retrying {
@@ -724,7 +736,7 @@ fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<Redrive> {
     d.attempts_before_redrive = d.attempts.len() as u32;
     d.next_attempt_at_ms = Some(now_ms);
     put_delivery(tx, &d)?;
-    enqueue(tx, &ep, key, now_ms)?;
+    enqueue(tx, &ep, key, now_ms, false)?;
     tx.pending_delta(ep.num, 1);
     tx.counters().pending += 1;
     Ok(Redrive::Done)
