@@ -25,6 +25,10 @@
 //!                    then the daemon's own write pattern on raw sled, with and without fdatasync
 //!   baseline-hyper   a bare hyper server answering 200 to POSTs, driven by the same client code
 //!   baseline-client  a bare hyper client sending signed POSTs to the fast receiver
+//!   fairness         a healthy endpoint's ingest→delivery latency (200 events/s for --secs) alone, then
+//!                    beside a silent endpoint (accepts, never answers), beside silent + slow (1 s) +
+//!                    failing (503) ones, and beside 3 failing ones; each bad endpoint has
+//!                    `max_in_flight` 10000 and --events (default 3000) pending; a fresh daemon each
 //!   million          pre-load --events (default 1,000,000) pending deliveries, then /status and
 //!                    /metrics latency, resident memory and restart time, in process and in fresh
 //!                    processes (--runs of them), and raw sled opening the same store
@@ -70,7 +74,7 @@ use tokio::task::JoinSet;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "preflix-webhookd load generator and baselines")]
 struct Args {
-    /// ingest | ingest+deliver | batch | deliver | e2e | baseline-sled | baseline-hyper | baseline-client | million | all
+    /// ingest | ingest+deliver | batch | deliver | e2e | fairness | baseline-sled | baseline-hyper | baseline-client | million | all
     scenario: String,
     /// Events (or requests) per run; million: pending deliveries to pre-load.
     #[arg(long)]
@@ -84,7 +88,7 @@ struct Args {
     /// Repetitions; the table shows the median.
     #[arg(long)]
     runs: Option<usize>,
-    /// How long baseline-sled runs, seconds.
+    /// How long baseline-sled runs, seconds; fairness: how long the healthy endpoint gets events.
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
     /// Idle ingest→first-attempt samples (e2e).
@@ -270,6 +274,7 @@ async fn run(args: Args) -> Result<()> {
         }
         "deliver" => deliver(&args).await?,
         "e2e" => e2e(&args).await?,
+        "fairness" => fairness(&args).await?,
         "baseline-sled" => baseline_sled(&args).await?,
         "baseline-hyper" => baseline_hyper(&args).await?,
         "baseline-client" => baseline_client(&args).await?,
@@ -938,9 +943,13 @@ async fn closed_port() -> Result<u16> {
 const PAD: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. Duis aute irure";
 
 fn event_json(id: &str, stamp: Option<u64>) -> String {
+    partner_event_json("bench", id, stamp)
+}
+
+fn partner_event_json(partner: &str, id: &str, stamp: Option<u64>) -> String {
     let t = stamp.map(|t| format!(",\"lg_t\":{t}")).unwrap_or_default();
     format!(
-        r#"{{"partner_id":"bench","environment":"production","id":"{id}","type":"audit.completed","data":{{"bill_id":"bill_{id}","report_id":"report_{id}","status":"complete"{t},"note":"{PAD}"}}}}"#
+        r#"{{"partner_id":"{partner}","environment":"production","id":"{id}","type":"audit.completed","data":{{"bill_id":"bill_{id}","report_id":"report_{id}","status":"complete"{t},"note":"{PAD}"}}}}"#
     )
 }
 
@@ -1279,6 +1288,230 @@ async fn e2e(args: &Args) -> Result<Figures> {
     f.insert("e2e.load_first_attempt_p99_ms".into(), pct_ms(&lat, 99.0));
     receiver.report_duplicates(&api, "e2e", &mut f).await;
     daemon.stop().await?;
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// fairness: one healthy endpoint beside misbehaving ones
+
+/// How a bad receiver misbehaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bad {
+    /// Accepts connections, never reads, never answers: each attempt holds its slot until
+    /// `delivery.timeout`.
+    Silent,
+    /// Answers 200 after one second.
+    Slow,
+    /// Answers 503 at once.
+    Failing,
+}
+
+/// A misbehaving receiver; returns its URL and a counter (connections for `Silent`, requests else).
+async fn bad_receiver(kind: Bad) -> Result<(String, Arc<AtomicU64>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let count = Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    recv_rt().spawn(async move {
+        let Ok(listener) = TcpListener::from_std(listener) else {
+            return;
+        };
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            if kind == Bad::Silent {
+                counter.fetch_add(1, Ordering::Relaxed);
+                held.push(stream);
+                continue;
+            }
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let _ = req.into_body().collect().await;
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        if kind == Bad::Slow {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        } else {
+                            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok((format!("http://{addr}/bad"), count))
+}
+
+/// One fairness phase in a fresh daemon: the bad endpoints get their backlog, then the healthy
+/// endpoint gets 200 events/s for `--secs`; returns the healthy latencies (sorted, µs).
+async fn fairness_phase(args: &Args, name: &str, bad: &[Bad], f: &mut Figures) -> Result<()> {
+    let backlog = args.events.unwrap_or(3000);
+    let base = temp_base(args)?;
+    let healthy = Receiver::start(true).await?;
+    let (mut daemon, _) = Daemon::start(base.path(), |c| {
+        // Failed attempts come back quickly, so failing endpoints keep failing during the phase.
+        c.retry.schedule = vec![Duration::from_millis(200); 8];
+        // Attempts to the silent endpoint are cut off when the phase ends.
+        c.server.shutdown_grace = Duration::from_millis(100);
+    })
+    .await?;
+    let api = daemon.api();
+    let create = |partner: String, url: String, max: u32| {
+        let api = api.clone();
+        async move {
+            let (status, body) = api
+                .call(
+                    Method::POST,
+                    "/v1/endpoints",
+                    Some(json!({
+                        "partner_id": partner, "environment": "production", "url": url,
+                        "event_types": ["*"], "max_in_flight": max,
+                    })),
+                )
+                .await?;
+            if status != StatusCode::CREATED {
+                bail!("creating the endpoint: {status} {body}");
+            }
+            Ok(())
+        }
+    };
+    create("lg-healthy".into(), healthy.url(), 16).await?;
+    let mut counters = Vec::new();
+    for (i, kind) in bad.iter().enumerate() {
+        let (url, count) = bad_receiver(*kind).await?;
+        let partner = format!("lg-bad{i}");
+        create(partner.clone(), url, 10_000).await?;
+        counters.push((*kind, count));
+        // The backlog, in batches of 1000.
+        let mut sender = connect(api.addr).await?;
+        for from in (0..backlog).step_by(1000) {
+            let to = (from + 1000).min(backlog);
+            let mut body = String::from("{\"events\":[");
+            for j in from..to {
+                if j > from {
+                    body.push(',');
+                }
+                body.push_str(&partner_event_json(&partner, &format!("{partner}_{j}"), None));
+            }
+            body.push_str("]}");
+            let (status, resp) = send(
+                &mut sender,
+                request(
+                    Method::POST,
+                    api.addr,
+                    "/v1/events/batch",
+                    Some(&api.token),
+                    Bytes::from(body),
+                ),
+            )
+            .await?;
+            if status != StatusCode::OK {
+                bail!("backlog batch: {status} {}", String::from_utf8_lossy(&resp));
+            }
+        }
+    }
+    // Let the bad endpoints take what they may.
+    if !bad.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let n = (args.secs * 200.0).round() as usize;
+    let interval = Duration::from_millis(5);
+    let mut sender = connect(api.addr).await?;
+    let t0 = tokio::time::Instant::now();
+    for i in 0..n {
+        tokio::time::sleep_until(t0 + interval * i as u32).await;
+        let (status, body) = send(
+            &mut sender,
+            request(
+                Method::POST,
+                api.addr,
+                "/v1/events",
+                Some(&api.token),
+                Bytes::from(partner_event_json(
+                    "lg-healthy",
+                    &format!("healthy_{i}"),
+                    Some(now_us()),
+                )),
+            ),
+        )
+        .await?;
+        if status != StatusCode::ACCEPTED {
+            bail!("healthy ingest: {status} {}", String::from_utf8_lossy(&body));
+        }
+    }
+    let all = healthy.wait_for(n as u64, Duration::from_secs(60)).await;
+    let lat = healthy.take_latencies();
+    let held: Vec<String> = counters
+        .iter()
+        .map(|(kind, c)| {
+            let what = if *kind == Bad::Silent {
+                "connections held"
+            } else {
+                "requests"
+            };
+            format!("{kind:?} {} {what}", c.load(Ordering::Relaxed))
+        })
+        .collect();
+    println!(
+        "  {name:<22} healthy: {} of {n} delivered{}; ingest→delivery p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{}{}",
+        lat.len(),
+        if all { "" } else { " (TIMEOUT after 60 s)" },
+        pct_ms(&lat, 50.0),
+        pct_ms(&lat, 99.0),
+        pct_ms(&lat, 100.0),
+        if held.is_empty() { "" } else { "; bad: " },
+        held.join(", ")
+    );
+    f.insert(format!("fairness.{name}.p50_ms"), pct_ms(&lat, 50.0));
+    f.insert(format!("fairness.{name}.p99_ms"), pct_ms(&lat, 99.0));
+    f.insert(format!("fairness.{name}.max_ms"), pct_ms(&lat, 100.0));
+    f.insert(
+        format!("fairness.{name}.undelivered"),
+        (n - lat.len().min(n)) as f64,
+    );
+    for (kind, c) in &counters {
+        if *kind == Bad::Silent {
+            f.insert(
+                format!("fairness.{name}.silent_slots"),
+                c.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }
+    daemon.stop().await?;
+    Ok(())
+}
+
+async fn fairness(args: &Args) -> Result<Figures> {
+    println!(
+        "== fairness: a healthy endpoint (max_in_flight 16) gets 200 events/s for {} s; bad endpoints (max_in_flight 10000) have {} pending each; delivery.max_in_flight {}",
+        args.secs,
+        args.events.unwrap_or(3000),
+        max_in_flight()
+    );
+    let mut f = Figures::new();
+    fairness_phase(args, "alone", &[], &mut f).await?;
+    fairness_phase(args, "silent", &[Bad::Silent], &mut f).await?;
+    fairness_phase(
+        args,
+        "silent+slow+failing",
+        &[Bad::Silent, Bad::Slow, Bad::Failing],
+        &mut f,
+    )
+    .await?;
+    fairness_phase(
+        args,
+        "3-failing",
+        &[Bad::Failing, Bad::Failing, Bad::Failing],
+        &mut f,
+    )
+    .await?;
     Ok(f)
 }
 
