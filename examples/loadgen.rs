@@ -1398,7 +1398,11 @@ async fn fairness_phase(args: &Args, name: &str, bad: &[Bad], f: &mut Figures) -
                 if j > from {
                     body.push(',');
                 }
-                body.push_str(&partner_event_json(&partner, &format!("{partner}_{j}"), None));
+                body.push_str(&partner_event_json(
+                    &partner,
+                    &format!("{partner}_{j}"),
+                    None,
+                ));
             }
             body.push_str("]}");
             let (status, resp) = send(
@@ -1443,7 +1447,10 @@ async fn fairness_phase(args: &Args, name: &str, bad: &[Bad], f: &mut Figures) -
         )
         .await?;
         if status != StatusCode::ACCEPTED {
-            bail!("healthy ingest: {status} {}", String::from_utf8_lossy(&body));
+            bail!(
+                "healthy ingest: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
     let all = healthy.wait_for(n as u64, Duration::from_secs(60)).await;
