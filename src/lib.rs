@@ -112,7 +112,6 @@ async fn start_and_run(
         token: token.token,
         started: Instant::now(),
         ready: AtomicBool::new(false),
-        storage_full: AtomicBool::new(false),
     });
     // Backpressure holds from the first request, not from the first housekeeping round.
     update_storage_figures(&state);
@@ -171,14 +170,14 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
     }
 }
 
-/// Refreshes the store's size for `/metrics` and `storage.max_bytes` backpressure.
+/// Measures the store's size and free space again, for `/metrics` and for admission: between
+/// measures, the store adds what each commit writes to its estimate (see `store::health`).
 fn update_storage_figures(state: &AppState) {
-    let bytes = state.store.size_on_disk();
-    state.metrics.storage_bytes.set(bytes as i64);
-    let max = state.config.storage.max_bytes;
+    state.store.measure();
     state
-        .storage_full
-        .store(max > 0 && bytes >= max, Ordering::Relaxed);
+        .metrics
+        .storage_bytes
+        .set(state.store.size_on_disk() as i64);
 }
 
 /// Retention: final events and old dead letters, in small batches that never hold the writer long.

@@ -64,7 +64,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything.
-    pub fn render(&self, c: &Counters, in_flight: usize) -> String {
+    /// `retrying_in_flight`: attempts under way of deliveries that failed before (left out of `retrying`).
+    pub fn render(&self, c: &Counters, in_flight: usize, retrying_in_flight: usize) -> String {
         let mut r = Registry::with_prefix("preflix_webhookd");
         r.register(
             "events_received",
@@ -114,7 +115,11 @@ impl Metrics {
         r.register(
             "queue_retrying",
             "Pending deliveries that failed at least once",
-            ConstGauge::new(c.retrying as i64),
+            ConstGauge::new(
+                c.retrying
+                    .saturating_sub(retrying_in_flight as u64)
+                    .min(c.pending.saturating_sub(in_flight as u64)) as i64,
+            ),
         );
         r.register(
             "queue_in_flight",

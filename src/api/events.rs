@@ -11,7 +11,6 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::Ordering;
 
 /// The most events one batch may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -288,13 +287,8 @@ fn conflict(id: &str) -> ApiError {
     )
 }
 
+/// Refuses ingest while the store cannot take it: a write fault, `storage.max_bytes` less its
+/// headroom, or too little free space (see `store::health`).
 fn check_storage(state: &AppState) -> Result<(), ApiError> {
-    if state.storage_full.load(Ordering::Relaxed) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_full",
-            "the store has reached storage.max_bytes; retry later",
-        ));
-    }
-    Ok(())
+    Ok(state.store.admit_ingest(state.config.storage.max_bytes)?)
 }

@@ -32,8 +32,6 @@ pub struct AppState {
     pub started: Instant,
     /// False while starting and once stopping: `/healthz` answers 503 then, and new requests get `shutting_down`.
     pub ready: AtomicBool,
-    /// Set when ingest must refuse because `storage.max_bytes` is reached; refreshed in the background.
-    pub storage_full: AtomicBool,
 }
 
 pub type Body = Full<Bytes>;
@@ -74,18 +72,34 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        tracing::error!(error = %e, "storage failure");
         match e {
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "the daemon is shutting down; retry shortly",
             ),
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_error",
-                "the store failed",
+            // Logged where they happen (the writer, admission); a refusal each is no news.
+            StoreError::Full(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                format!("{why}; nothing was stored, retry later"),
             ),
+            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Sled(_) => {
+                tracing::warn!(error = %e, "a request met a storage failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the store cannot be written at the moment; nothing was stored, retry shortly",
+                )
+            }
+            StoreError::Corrupt(_) | StoreError::MasterKey(_) => {
+                tracing::error!(error = %e, "storage failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_error",
+                    "the store failed",
+                )
+            }
         }
     }
 }
@@ -93,6 +107,15 @@ impl From<StoreError> for ApiError {
 impl From<crate::store::DeliveryRefused> for ApiError {
     fn from(e: crate::store::DeliveryRefused) -> ApiError {
         ApiError::unprocessable("endpoint_not_allowed", e.to_string())
+    }
+}
+
+/// Seconds a client is asked to wait (`retry-after`) after a 503 with this code: a full store waits
+/// for deliveries, retention or an operator to make room; the others pass within seconds.
+pub fn retry_after_seconds(code: &str) -> u32 {
+    match code {
+        "storage_full" => 30,
+        _ => 5,
     }
 }
 
@@ -312,8 +335,10 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
         &serde_json::json!({"error": {"code": e.code, "message": e.message}}),
     );
     if e.status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            http::HeaderValue::from(retry_after_seconds(e.code)),
+        );
     }
     resp
 }

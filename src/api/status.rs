@@ -3,23 +3,39 @@
 use super::{json, now_ms, ApiResult, AppState, Body};
 use crate::catalog;
 use crate::model::{endpoint_id, format_time};
+use crate::store::health::Fault;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
+/// `ok` (200) while the daemon runs and its store takes writes; 503 with the reason otherwise.
 pub fn healthz(state: &AppState) -> Response<Body> {
-    let (status, text) = if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
+    let (status, text) = if !state.ready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable".to_string())
+    } else if let Some((fault, detail)) = state.store.fault() {
+        let what = match fault {
+            Fault::Full => "storage_full: the filesystem holding the store is full",
+            Fault::Unavailable => "storage_unavailable: the store cannot be written",
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} ({detail})"),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        (StatusCode::OK, "ok".to_string())
     };
-    Response::builder()
+    let mut resp = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from_static(text.as_bytes())))
-        .expect("valid response")
+        .body(Full::new(Bytes::from(text)))
+        .expect("valid response");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, http::HeaderValue::from(5u32));
+    }
+    resp
 }
 
 pub fn event_types() -> Response<Body> {
@@ -33,6 +49,14 @@ pub fn event_types() -> Response<Body> {
 pub fn status(state: &AppState) -> ApiResult {
     let c = state.store.counters();
     let in_flight = state.scheduler.in_flight_count();
+    // `pending` is what waits for an attempt; `retrying` the part of it that failed before. Both
+    // leave out the attempts under way (the counters include them). The figures are read at
+    // slightly different moments, so the subset is enforced as well.
+    let pending = c.pending.saturating_sub(in_flight as u64);
+    let retrying = c
+        .retrying
+        .saturating_sub(state.scheduler.retrying_in_flight_count() as u64)
+        .min(pending);
     let now = now_ms();
     let mut endpoints = Vec::new();
     for ep in state.store.endpoints() {
@@ -69,9 +93,9 @@ pub fn status(state: &AppState) -> ApiResult {
             "uptime_seconds": state.started.elapsed().as_secs(),
             "storage": {"dir": state.store.dir().display().to_string(), "bytes": state.metrics.storage_bytes.get()},
             "queue": {
-                "pending": c.pending.saturating_sub(in_flight as u64),
+                "pending": pending,
                 "in_flight": in_flight,
-                "retrying": c.retrying,
+                "retrying": retrying,
                 "oldest_pending_age_seconds": oldest,
             },
             "dead_letters": c.dead_letters,
@@ -86,9 +110,11 @@ pub fn status(state: &AppState) -> ApiResult {
 }
 
 pub fn metrics(state: &AppState) -> Response<Body> {
-    let text = state
-        .metrics
-        .render(&state.store.counters(), state.scheduler.in_flight_count());
+    let text = state.metrics.render(
+        &state.store.counters(),
+        state.scheduler.in_flight_count(),
+        state.scheduler.retrying_in_flight_count(),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(

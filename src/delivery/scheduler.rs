@@ -40,7 +40,25 @@ struct Shared {
     heartbeat_ms: AtomicU64,
     /// The store, for the queue figures a status request asks for.
     store: std::sync::OnceLock<Store>,
+    /// Attempts under way for deliveries that have failed before in their round (`retrying`).
+    retrying_in_flight: AtomicUsize,
+    /// Deliveries whose last outcome could not be stored, and when each may be attempted again.
+    /// A storage failure must never make a partner receive more: such a delivery is still due in
+    /// the store, so without this it would be claimed again at once.
+    held: Mutex<HashMap<u64, Held>>,
 }
+
+/// A delivery held back in memory after its settle failed.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    not_before_ms: u64,
+    failures: u32,
+}
+
+/// The wait after a first failed settle; it doubles with each further failure of the same delivery.
+const HOLD_FIRST_MS: u64 = 1_000;
+/// The longest wait after failed settles.
+const HOLD_MAX_MS: u64 = 60_000;
 
 #[derive(Default)]
 struct EndpointRun {
@@ -105,6 +123,11 @@ impl SchedulerHandle {
 
     pub fn in_flight_count(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Attempts under way whose delivery has failed before in its round.
+    pub fn retrying_in_flight_count(&self) -> usize {
+        self.shared.retrying_in_flight.load(Ordering::Relaxed)
     }
 
     /// Pending deliveries of an endpoint that are not under way.
@@ -221,6 +244,11 @@ impl Scheduler {
     /// Claims what is due within the limits and starts its attempts. Returns the next due time it saw.
     fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
         let now = now_ms();
+        // While the store cannot be written no outcome could be recorded: claim nothing. The
+        // store wakes the scheduler when it takes writes again; until then look once a second.
+        if !self.store.writable() {
+            return Some(now + 1_000);
+        }
         let slots = Slots::new(self.config.delivery.max_in_flight);
         let mut next_due: Option<u64> = None;
         let mut note = |t: u64| next_due = Some(next_due.map_or(t, |n| n.min(t)));
@@ -400,6 +428,10 @@ impl Scheduler {
                 return Ok(vec![]);
             }
             drop(claimed);
+            if self.held_until(head.delivery.seq, now, note).is_some() {
+                self.set_wants_more(ep.num, false);
+                return Ok(vec![]);
+            }
             if head.due_ms > now {
                 note(head.due_ms);
                 self.set_wants_more(ep.num, false);
@@ -438,7 +470,11 @@ impl Scheduler {
                 }
                 continue;
             }
-            if e.due_ms <= now && admits(due.len(), e.retry) {
+            // A delivery whose last outcome could not be stored waits (`hold`) like one not due.
+            if e.due_ms <= now
+                && admits(due.len(), e.retry)
+                && self.held_until(e.delivery.seq, now, note).is_none()
+            {
                 due.push(*e);
                 if !left_waiting {
                     passed = Some(e);
@@ -475,6 +511,48 @@ impl Scheduler {
         }
     }
 
+    /// When a delivery held back after a failed settle may go again, if that is after `now`.
+    fn held_until(&self, seq: u64, now: u64, note: &mut impl FnMut(u64)) -> Option<u64> {
+        let held = self
+            .handle
+            .shared
+            .held
+            .lock()
+            .expect("held lock is never poisoned");
+        let until = held.get(&seq)?.not_before_ms;
+        drop(held);
+        (until > now).then(|| {
+            note(until);
+            until
+        })
+    }
+
+    /// Holds a delivery back after its outcome could not be stored, longer after each failure.
+    fn hold(&self, seq: u64) {
+        let now = now_ms();
+        let mut held = self
+            .handle
+            .shared
+            .held
+            .lock()
+            .expect("held lock is never poisoned");
+        if held.len() >= 100_000 {
+            // Deliveries settled or gone since leave entries behind; long-passed ones go.
+            held.retain(|_, h| h.not_before_ms + HOLD_MAX_MS > now);
+        }
+        let failures = held.get(&seq).map_or(0, |h| h.failures) + 1;
+        let wait = HOLD_FIRST_MS
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(HOLD_MAX_MS);
+        held.insert(
+            seq,
+            Held {
+                not_before_ms: now + wait,
+                failures,
+            },
+        );
+    }
+
     fn claim(&self, ep: &Endpoint, seq: u64) {
         self.handle.shared.claims().insert(seq);
         self.handle.shared.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -506,8 +584,23 @@ impl Scheduler {
             }
         }
         let _release = Release(&self, ep.num, entry.delivery.seq);
-        if let Err(e) = self.attempt_and_settle(&ep, entry).await {
-            tracing::error!(error = %e, "settling an attempt failed; it will be attempted again");
+        match self.attempt_and_settle(&ep, entry).await {
+            Ok(()) => {
+                let mut held = self
+                    .handle
+                    .shared
+                    .held
+                    .lock()
+                    .expect("held lock is never poisoned");
+                if !held.is_empty() {
+                    held.remove(&entry.delivery.seq);
+                }
+            }
+            Err(e) => {
+                // Held back before the claim is released, so it is not claimed again at once.
+                self.hold(entry.delivery.seq);
+                tracing::error!(error = %e, delivery_id = %crate::model::delivery_id(entry.delivery.seq), "storing an attempt's outcome failed; the delivery waits before it is attempted again");
+            }
         }
     }
 
@@ -528,6 +621,20 @@ impl Scheduler {
             // Nothing to send (the event or the delivery is gone): the entry leaves the queue.
             return self.store.cancel_delivery(ep.num, entry).await;
         };
+        // Counted while under way, so `/status` can tell waiting retries from running ones.
+        struct Retrying<'a>(&'a AtomicUsize);
+        impl Drop for Retrying<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _retrying = (delivery.attempts_in_round() > 0).then(|| {
+            self.handle
+                .shared
+                .retrying_in_flight
+                .fetch_add(1, Ordering::Relaxed);
+            Retrying(&self.handle.shared.retrying_in_flight)
+        });
         let n = delivery.attempts.len() as u32 + 1;
         let span = tracing::debug_span!("attempt", event_id = %event.id, endpoint_id = %ep.id(), attempt = n);
         let started_ms = now_ms();

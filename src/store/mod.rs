@@ -21,9 +21,12 @@
 //!
 //! Every change goes through [`Store::write`]: one writer thread applies all queued changes in one sled
 //! transaction, and a syncer thread makes them durable (`flush` then `fdatasync`) before answering the
-//! ones that asked for durability. Reads go straight to the trees from any thread.
+//! ones that asked for durability. Reads go straight to the trees from any thread, through the open
+//! database in [`State`], which only the writer replaces (it reopens sled after a write fault; see
+//! [`health`] and ARCHITECTURE.md, "Storage faults and limits").
 
 pub mod codec;
+pub mod health;
 mod idfilter;
 mod ops;
 pub mod sealing;
@@ -62,6 +65,12 @@ pub enum StoreError {
     /// The endpoint secrets cannot be opened with the master keys given (none, or the wrong one).
     #[error("{0}")]
     MasterKey(#[from] sealing::SealError),
+    /// The filesystem is full, or the store is at `storage.max_bytes`; retry later.
+    #[error("the store is full: {0}")]
+    Full(String),
+    /// A write or sync failed and the store is being reopened; retry shortly.
+    #[error("the store cannot be written now: {0}")]
+    Unavailable(String),
 }
 
 /// The `meta` key prefix of an endpoint's pending count.
@@ -106,10 +115,14 @@ struct Inner {
     stop_id_scan: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// What the writer thread shares with readers.
+/// What the writer thread shares with readers. Lives as long as the store: when a write fails, the
+/// writer reopens sled's database and swaps it in here, reloading the in-memory copies from it.
 pub(crate) struct State {
-    pub db: sled::Db,
-    pub trees: Trees,
+    /// sled's database and trees; `None` only while the writer reopens them after a fault.
+    /// **Only the writer replaces it**; readers take a clone of the `Arc` for one read.
+    sled: RwLock<Option<Arc<Sled>>>,
+    pub dir: PathBuf,
+    pub cache_bytes: u64,
     /// Every endpoint, kept in memory: ingest matches against it on every event.
     pub endpoints: RwLock<BTreeMap<u64, Arc<Endpoint>>>,
     /// The committed counters.
@@ -122,8 +135,72 @@ pub(crate) struct State {
     pub wake: Arc<tokio::sync::Notify>,
     /// Which event ids may be stored; see [`idfilter`].
     pub ids: Arc<idfilter::IdFilter>,
+    /// Write faults and size accounting; see [`health`].
+    pub health: health::StoreHealth,
     /// What endpoint secrets are sealed with when written; see [`sealing`].
     pub keys: MasterKeys,
+}
+
+/// sled's database and its trees, as one open of the store directory.
+pub(crate) struct Sled {
+    pub db: sled::Db,
+    pub trees: Trees,
+}
+
+/// What the in-memory copies hold, as read from the store at open.
+struct Loaded {
+    endpoints: BTreeMap<u64, Arc<Endpoint>>,
+    counters: Counters,
+    next_id: u64,
+    endpoint_pending: std::collections::HashMap<u64, u64>,
+}
+
+impl State {
+    /// The open database, for one read or one commit.
+    pub(crate) fn sled(&self) -> Result<Arc<Sled>, StoreError> {
+        self.sled
+            .read()
+            .expect("sled slot lock is never poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
+    }
+
+    /// Puts a freshly opened database in place, with the in-memory copies read from it.
+    fn install(&self, sled: Sled, loaded: Loaded) {
+        *self
+            .endpoints
+            .write()
+            .expect("endpoint cache lock is never poisoned") = loaded.endpoints;
+        *self
+            .counters
+            .lock()
+            .expect("counters lock is never poisoned") = loaded.counters;
+        self.next_id
+            .store(loaded.next_id, std::sync::atomic::Ordering::Relaxed);
+        *self
+            .endpoint_pending
+            .lock()
+            .expect("pending lock is never poisoned") = loaded.endpoint_pending;
+        *self.sled.write().expect("sled slot lock is never poisoned") = Some(Arc::new(sled));
+    }
+
+    /// Takes the database out (readers get [`StoreError::Unavailable`] until [`State::install`]).
+    fn take_sled(&self) -> Option<Arc<Sled>> {
+        self.sled
+            .write()
+            .expect("sled slot lock is never poisoned")
+            .take()
+    }
+
+    /// Measures the store's size and the filesystem's free space for [`health`].
+    pub(crate) fn measure(&self) {
+        let bytes = self
+            .sled()
+            .ok()
+            .and_then(|s| s.db.size_on_disk().ok())
+            .unwrap_or_else(|| self.health.estimated_bytes());
+        self.health.measure(bytes, health::free_space(&self.dir));
+    }
 }
 
 pub(crate) struct Trees {
@@ -171,6 +248,80 @@ pub struct QueueEntry {
     pub retry: bool,
 }
 
+/// Opens sled's database in `dir`, brings its layout to this version and reads what is kept in memory.
+fn open_sled(
+    dir: &Path,
+    cache_bytes: u64,
+    keys: &MasterKeys,
+) -> Result<(Sled, Loaded), StoreError> {
+    let db = open_db(dir, cache_bytes)?;
+    let open = |name: &str| db.open_tree(name);
+    let trees = Trees {
+        events: open("events")?,
+        event_ids: open("event_ids")?,
+        endpoints: open("endpoints")?,
+        health: open("health")?,
+        deliveries: open("deliveries")?,
+        queue: open("queue")?,
+        dead_letters: open("dead_letters")?,
+        meta: open("meta")?,
+    };
+    match trees.meta.get("schema")? {
+        None => {
+            trees
+                .meta
+                .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
+        }
+        Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
+        Some(v) if codec::read_u64(&v) == 1 => migrate_from_1(&db, &trees, dir)?,
+        Some(v) => {
+            return Err(StoreError::Corrupt(format!(
+                "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
+                dir.display(),
+                codec::read_u64(&v)
+            )))
+        }
+    }
+    let endpoints = open_endpoints(&trees, keys, dir)?;
+    let counters = match trees.meta.get("counters")? {
+        Some(v) => Counters::decode(&v)?,
+        None => Counters::default(),
+    };
+    let next_id = trees
+        .meta
+        .get("next_id")?
+        .map_or(0, |v| codec::read_u64(&v));
+    let mut endpoint_pending = std::collections::HashMap::new();
+    for item in trees.meta.scan_prefix(PENDING_PREFIX) {
+        let (key, value) = item?;
+        let num = codec::read_u64(&key[PENDING_PREFIX.len()..]);
+        endpoint_pending.insert(num, codec::read_u64(&value));
+    }
+    let loaded = Loaded {
+        endpoints,
+        counters,
+        next_id,
+        endpoint_pending,
+    };
+    Ok((Sled { db, trees }, loaded))
+}
+
+/// Reopens the store's database after a write fault, in place: the old one is dropped first
+/// (sled's lock on its data file allows one open at a time), and while it is closed reads answer
+/// [`StoreError::Unavailable`]. What sled had not yet written is lost, which is only ever what
+/// nobody was told is durable; the in-memory copies are read again so they match the disk.
+pub(crate) fn reopen(state: &State) -> Result<(), StoreError> {
+    if let Some(old) = state.take_sled() {
+        // Whatever can still be written is; after a failed write sled refuses, which is fine.
+        let _ = old.db.flush();
+        drop(old);
+    }
+    let (sled, loaded) = open_sled(&state.dir, state.cache_bytes, &state.keys)?;
+    state.install(sled, loaded);
+    state.measure();
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`, endpoint secrets in the clear.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
@@ -187,71 +338,28 @@ impl Store {
         keys: MasterKeys,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = open_db(dir, cache_bytes)?;
-        let open = |name: &str| db.open_tree(name);
-        let trees = Trees {
-            events: open("events")?,
-            event_ids: open("event_ids")?,
-            endpoints: open("endpoints")?,
-            health: open("health")?,
-            deliveries: open("deliveries")?,
-            queue: open("queue")?,
-            dead_letters: open("dead_letters")?,
-            meta: open("meta")?,
-        };
-        match trees.meta.get("schema")? {
-            None => {
-                trees
-                    .meta
-                    .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
-            }
-            Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
-            Some(v) if codec::read_u64(&v) == 1 => migrate_from_1(&db, &trees, dir)?,
-            Some(v) => {
-                return Err(StoreError::Corrupt(format!(
-                "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
-                dir.display(),
-                codec::read_u64(&v)
-            )))
-            }
-        }
-        let endpoints = open_endpoints(&trees, &keys, dir)?;
-        let counters = match trees.meta.get("counters")? {
-            Some(v) => Counters::decode(&v)?,
-            None => Counters::default(),
-        };
-        let next_id = trees
-            .meta
-            .get("next_id")?
-            .map_or(0, |v| codec::read_u64(&v));
-        let mut endpoint_pending = std::collections::HashMap::new();
-        for item in trees.meta.scan_prefix(PENDING_PREFIX) {
-            let (key, value) = item?;
-            let num = codec::read_u64(&key[PENDING_PREFIX.len()..]);
-            endpoint_pending.insert(num, codec::read_u64(&value));
-        }
+        let (sled, loaded) = open_sled(dir, cache_bytes, &keys)?;
         let state = Arc::new(State {
-            db,
-            trees,
-            endpoints: RwLock::new(endpoints),
-            counters: Mutex::new(counters),
-            endpoint_pending: Mutex::new(endpoint_pending),
-            next_id: std::sync::atomic::AtomicU64::new(next_id),
+            sled: RwLock::new(Some(Arc::new(sled))),
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            endpoints: RwLock::new(loaded.endpoints),
+            counters: Mutex::new(loaded.counters),
+            endpoint_pending: Mutex::new(loaded.endpoint_pending),
+            next_id: std::sync::atomic::AtomicU64::new(loaded.next_id),
             wake: Arc::new(tokio::sync::Notify::new()),
             ids: Arc::new(idfilter::IdFilter::new()),
+            health: health::StoreHealth::new(),
             keys,
         });
+        state.measure();
         let writer = writer::start(state.clone(), dir)?;
         let stop_id_scan = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let id_scan = {
-            let (ids, tree, stop) = (
-                state.ids.clone(),
-                state.trees.event_ids.clone(),
-                stop_id_scan.clone(),
-            );
+            let (scan_state, stop) = (state.clone(), stop_id_scan.clone());
             std::thread::Builder::new()
                 .name("store-idscan".into())
-                .spawn(move || scan_ids(&ids, &tree, &stop))?
+                .spawn(move || scan_ids(&scan_state, &stop))?
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -268,9 +376,40 @@ impl Store {
         &self.inner.dir
     }
 
-    /// Bytes the store occupies on disk.
+    /// Bytes the store occupies on disk (the last estimate while it is being reopened).
     pub fn size_on_disk(&self) -> u64 {
-        self.inner.state.db.size_on_disk().unwrap_or(0)
+        self.inner
+            .state
+            .sled()
+            .ok()
+            .and_then(|s| s.db.size_on_disk().ok())
+            .unwrap_or_else(|| self.inner.state.health.estimated_bytes())
+    }
+
+    /// Measures the store's size and the free space again (housekeeping does, once a second).
+    pub fn measure(&self) {
+        self.inner.state.measure();
+    }
+
+    /// The store's size as estimated from the last measure and what each commit added since.
+    pub fn estimated_bytes(&self) -> u64 {
+        self.inner.state.health.estimated_bytes()
+    }
+
+    /// Whether new events may be stored: no write fault, under `max_bytes` (0: no limit) less its
+    /// headroom, and enough free space on the filesystem. See [`health`].
+    pub fn admit_ingest(&self, max_bytes: u64) -> Result<(), StoreError> {
+        self.inner.state.health.admit_ingest(max_bytes)
+    }
+
+    /// The write fault, if the store cannot be written now, and what caused it.
+    pub fn fault(&self) -> Option<(health::Fault, String)> {
+        self.inner.state.health.fault_detail()
+    }
+
+    /// False while a write fault lasts: the scheduler claims nothing then.
+    pub fn writable(&self) -> bool {
+        self.inner.state.health.fault().is_none()
     }
 
     /// Notified after every commit that may have made a delivery due.
@@ -327,7 +466,7 @@ impl Store {
             let _ = scan.join();
         }
         self.inner.writer.stop();
-        self.inner.state.db.flush()?;
+        self.inner.state.sled()?.db.flush()?;
         Ok(())
     }
 
@@ -353,14 +492,28 @@ impl Store {
     }
 
     pub fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
-        match self.inner.state.trees.health.get(codec::u64_key(num))? {
+        match self
+            .inner
+            .state
+            .sled()?
+            .trees
+            .health
+            .get(codec::u64_key(num))?
+        {
             Some(v) => EndpointHealth::decode(&v),
             None => Ok(EndpointHealth::default()),
         }
     }
 
     pub fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
-        let Some(rec) = self.inner.state.trees.event_ids.get(id.as_bytes())? else {
+        let Some(rec) = self
+            .inner
+            .state
+            .sled()?
+            .trees
+            .event_ids
+            .get(id.as_bytes())?
+        else {
             return Ok(None);
         };
         let rec = EventIdRecord::decode(&rec)?;
@@ -368,7 +521,7 @@ impl Store {
     }
 
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        get(&self.inner.state.trees.events, seq)
+        get(&self.inner.state.sled()?.trees.events, seq)
     }
 
     /// One delivery of an event already read: its record, or its entry in `event`.
@@ -376,6 +529,7 @@ impl Store {
         match self
             .inner
             .state
+            .sled()?
             .trees
             .deliveries
             .get(codec::pair_key(event.seq, seq))?
@@ -391,6 +545,7 @@ impl Store {
         for item in self
             .inner
             .state
+            .sled()?
             .trees
             .deliveries
             .scan_prefix(codec::u64_key(event.seq))
@@ -413,6 +568,7 @@ impl Store {
         for item in self
             .inner
             .state
+            .sled()?
             .trees
             .events
             .range(codec::u64_key(after.saturating_add(1))..)
@@ -427,7 +583,7 @@ impl Store {
     }
 
     pub fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
-        get(&self.inner.state.trees.dead_letters, seq)
+        get(&self.inner.state.sled()?.trees.dead_letters, seq)
     }
 
     /// Dead letters after seq `after`, oldest first, that pass `keep`, up to `limit`.
@@ -441,6 +597,7 @@ impl Store {
         for item in self
             .inner
             .state
+            .sled()?
             .trees
             .dead_letters
             .range(codec::u64_key(after.saturating_add(1))..)
@@ -485,6 +642,7 @@ impl Store {
         for item in self
             .inner
             .state
+            .sled()?
             .trees
             .queue
             .range::<[u8; 24], _>((start, end))
@@ -508,6 +666,7 @@ impl Store {
         for item in self
             .inner
             .state
+            .sled()?
             .trees
             .queue
             .scan_prefix(codec::u64_key(endpoint_num))
@@ -527,7 +686,15 @@ impl Store {
     ) -> Result<Option<QueueEntry>, StoreError> {
         let start = codec::queue_key(endpoint_num, min_sort, 0);
         let end = codec::queue_key(endpoint_num, u64::MAX, u64::MAX);
-        match self.inner.state.trees.queue.range(start..=end).next() {
+        match self
+            .inner
+            .state
+            .sled()?
+            .trees
+            .queue
+            .range(start..=end)
+            .next()
+        {
             Some(item) => {
                 let (key, value) = item?;
                 Ok(Some(queue_entry(&key, &value)))
@@ -681,22 +848,26 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// Adds every stored event id to the filter, then lets ingest consult it. On a read error (or when
-/// the store closes first) the filter is never consulted, which only costs speed.
-fn scan_ids(ids: &idfilter::IdFilter, tree: &sled::Tree, stop: &std::sync::atomic::AtomicBool) {
+/// Adds every stored event id to the filter, then lets ingest consult it. On a read error, a write
+/// fault (the database is about to be reopened, and this scan must let go of it) or when the store
+/// closes first, the filter is never consulted, which only costs speed.
+fn scan_ids(state: &State, stop: &std::sync::atomic::AtomicBool) {
+    let Ok(sled) = state.sled() else { return };
+    let tree = sled.trees.event_ids.clone();
+    drop(sled);
     for key in tree.iter().keys() {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || state.health.fault().is_some() {
             return;
         }
         match key {
-            Ok(key) => ids.insert(&key),
+            Ok(key) => state.ids.insert(&key),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the event ids failed; ingest looks every id up");
                 return;
             }
         }
     }
-    ids.set_ready();
+    state.ids.set_ready();
 }
 
 fn queue_entry(key: &[u8], value: &[u8]) -> QueueEntry {

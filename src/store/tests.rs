@@ -147,7 +147,7 @@ fn a_version_1_store_is_migrated_when_opened() {
     assert_eq!(queue[0].due_ms, 1_000);
     assert_eq!(store.delivery_of(&ev, 3).unwrap().unwrap().seq, 3);
     assert_eq!(store.endpoint_pending(1), 1);
-    let state = &store.inner.state;
+    let state = store.inner.state.sled().unwrap();
     assert!(
         state
             .trees
@@ -162,6 +162,7 @@ fn a_version_1_store_is_migrated_when_opened() {
         .tree_names()
         .iter()
         .any(|n| n.as_ref() == b"event_deliveries"));
+    drop(state);
     store.close().unwrap();
     drop(store);
 
@@ -272,6 +273,8 @@ fn a_queue_entry_without_its_delivery_is_removed_on_cancel() {
     store
         .inner
         .state
+        .sled()
+        .unwrap()
         .trees
         .queue
         .insert(orphan, &super::codec::queue_value(5_000, 76))
@@ -289,5 +292,48 @@ fn a_queue_entry_without_its_delivery_is_removed_on_cancel() {
     );
     rt.block_on(store.cancel_delivery(1, entry)).unwrap();
     assert!(store.first_queue_entry(1, 0).unwrap().is_none());
+    store.close().unwrap();
+}
+
+/// After a write fault the writer reopens sled in place: changes fail fast meanwhile, then the store
+/// takes writes again with what was durable, and its in-memory copies match the disk.
+#[test]
+fn a_write_fault_reopens_the_store_in_place() {
+    use super::health::Fault;
+    use super::{IngestOutcome, StoreError};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    rt.block_on(store.ingest(vec![new_event("evt_a", 1)]))
+        .unwrap();
+    store
+        .inner
+        .state
+        .health
+        .set_fault(Fault::Full, "test: no space left".into());
+    assert!(!store.writable());
+    assert!(matches!(
+        rt.block_on(store.ingest(vec![new_event("evt_b", 1)])),
+        Err(StoreError::Full(_))
+    ));
+    assert!(matches!(store.admit_ingest(0), Err(StoreError::Full(_))));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.writable() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store never reopened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let again = rt
+        .block_on(store.ingest(vec![new_event("evt_a", 1), new_event("evt_b", 1)]))
+        .unwrap();
+    assert!(matches!(again[0], IngestOutcome::Duplicate { .. }));
+    assert!(matches!(again[1], IngestOutcome::Accepted { .. }));
+    assert_eq!(store.counters().events, 2);
+    assert!(store.event_by_id("evt_b").unwrap().is_some());
     store.close().unwrap();
 }

@@ -9,6 +9,7 @@
 //! new blob file, and only then answers; meanwhile the writer already commits the next group.
 
 use super::codec::Record;
+use super::health::{self, Fault};
 use super::{Counters, State, StoreError};
 use crate::model::Endpoint;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -59,8 +60,15 @@ impl Tx<'_> {
     }
 
     pub fn put<T: Record>(&self, tree: TreeId, key: &[u8], value: &T) -> TxResult<()> {
-        self.trees[tree as usize].insert(key, value.encode())?;
+        let value = value.encode();
+        self.count(key.len() + value.len());
+        self.trees[tree as usize].insert(key, value)?;
         Ok(())
+    }
+
+    /// Counts what a write adds to the log, for the store's size estimate.
+    fn count(&self, bytes: usize) {
+        self.effects.borrow_mut().bytes += bytes as u64 + health::RECORD_OVERHEAD;
     }
 
     pub fn get_raw(&self, tree: TreeId, key: &[u8]) -> TxResult<Option<sled::IVec>> {
@@ -68,11 +76,13 @@ impl Tx<'_> {
     }
 
     pub fn put_raw(&self, tree: TreeId, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.count(key.len() + value.len());
         self.trees[tree as usize].insert(key, value)?;
         Ok(())
     }
 
     pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
+        self.count(key.len());
         self.trees[tree as usize].remove(key)?;
         Ok(())
     }
@@ -209,6 +219,7 @@ impl Tx<'_> {
 }
 
 pub(super) struct WriterHandle {
+    state: Arc<State>,
     sender: Mutex<Option<mpsc::Sender<Op>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -219,6 +230,10 @@ impl WriterHandle {
         R: Send + 'static,
         F: FnMut(&Tx<'_>) -> TxResult<R> + Send + 'static,
     {
+        // While a write fault lasts every change fails at once; the writer is reopening the store.
+        if let Some(e) = self.state.health.fault_error() {
+            return Err(e);
+        }
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let op = Op {
             durable,
@@ -271,6 +286,8 @@ struct Effects {
     /// The last number handed out by [`Tx::generate_id`].
     next_id: u64,
     wake: bool,
+    /// Logical bytes written (keys, values, framing), for the size estimate.
+    bytes: u64,
 }
 
 /// The most changes one group takes; more wait for the next group.
@@ -285,13 +302,16 @@ pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, Store
     let (sender, receiver) = mpsc::channel::<Op>();
     let (sync_tx, sync_rx) = mpsc::channel::<Flushed>();
     let blobs = dir.join("blobs");
+    let syncer_state = state.clone();
     let syncer = std::thread::Builder::new()
         .name("store-syncer".into())
-        .spawn(move || syncer_loop(&data_file, &blobs, &sync_rx))?;
+        .spawn(move || syncer_loop(&syncer_state, &data_file, &blobs, &sync_rx))?;
+    let writer_state = state.clone();
     let writer = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer_loop(&state, &receiver, &sync_tx))?;
+        .spawn(move || writer_loop(&writer_state, &receiver, &sync_tx))?;
     Ok(WriterHandle {
+        state,
         sender: Mutex::new(Some(sender)),
         threads: Mutex::new(vec![writer, syncer]),
     })
@@ -299,9 +319,12 @@ pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, Store
 
 /// Committed durable changes waiting for their answer, and whether sled's `flush` of them worked.
 struct Flushed {
-    flush: Result<(), String>,
+    flush: Result<(), StoreError>,
     waiting: Vec<(Reply, Box<dyn Any + Send>)>,
 }
+
+/// How often an idle writer looks whether the syncer reported a fault.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sender<Flushed>) {
     let mut last_commit_end = std::time::Instant::now();
@@ -310,11 +333,22 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
     let mut unflushed_since = std::time::Instant::now();
     let mut next: Option<Op> = None;
     loop {
+        // A fault seen here (the syncer's, or this thread's below): reopen before anything else.
+        if state.health.fault().is_some() {
+            fail_all(&mut unflushed, state);
+            if let Some(op) = next.take() {
+                fail(op, state);
+            }
+            if !recover(state, receiver) {
+                break;
+            }
+        }
         let first = match next.take() {
             Some(op) => op,
-            None => match receiver.recv() {
+            None => match receiver.recv_timeout(IDLE_CHECK) {
                 Ok(op) => op,
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             },
         };
         let mut group = vec![first];
@@ -345,12 +379,25 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
         }
         match commit_guarded(state, &mut runs) {
             Ok(results) => finish(replies, results, &mut unflushed),
+            Err(e) if note_fault(state, &e) => {
+                // The store cannot be written: nothing of this group is stored. The loop reopens it.
+                for (_, reply) in replies {
+                    reply(Err(fault_error(state)));
+                }
+            }
             Err(_) if runs.len() > 1 => {
                 // One change spoiled the group: commit each alone so the others still land.
                 for (mut run, reply) in runs.into_iter().zip(replies) {
+                    if state.health.fault().is_some() {
+                        (reply.1)(Err(fault_error(state)));
+                        continue;
+                    }
                     match commit_guarded(state, std::slice::from_mut(&mut run)) {
                         Ok(results) => finish(vec![reply], results, &mut unflushed),
-                        Err(e) => (reply.1)(Err(e)),
+                        Err(e) => {
+                            note_fault(state, &e);
+                            (reply.1)(Err(e));
+                        }
                     }
                 }
             }
@@ -367,13 +414,18 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
         // sled's `flush` holds sled's lock in shared mode while it writes, and a transaction needs
         // it alone, so flushing and committing take turns. While more changes wait (and the oldest
         // unflushed one has not waited long), commit them first: one flush then covers them all.
-        if let Ok(op) = receiver.try_recv() {
-            next = Some(op);
-            if unflushed_since.elapsed() < MAX_UNFLUSHED {
-                continue;
+        if state.health.fault().is_none() {
+            if let Ok(op) = receiver.try_recv() {
+                next = Some(op);
+                if unflushed_since.elapsed() < MAX_UNFLUSHED {
+                    continue;
+                }
             }
         }
-        let flush = state.db.flush().map(drop).map_err(|e| e.to_string());
+        let flush = state.sled().and_then(|s| Ok(s.db.flush().map(drop)?));
+        if let Err(e) = &flush {
+            note_fault(state, e);
+        }
         let waiting = std::mem::take(&mut unflushed);
         if let Err(mpsc::SendError(lost)) = sync_tx.send(Flushed { flush, waiting }) {
             for (reply, _) in lost.waiting {
@@ -381,6 +433,114 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
             }
         }
     }
+}
+
+/// If `e` is a write fault, records it (the first one stays) and says so.
+fn note_fault(state: &State, e: &StoreError) -> bool {
+    let Some(fault) = health::classify(e) else {
+        return false;
+    };
+    if state.health.fault().is_none() {
+        match fault {
+            Fault::Full => {
+                tracing::error!(error = %e, dir = %state.dir.display(), "the filesystem holding the store is full; ingest and deliveries pause until space is freed")
+            }
+            Fault::Unavailable => {
+                tracing::error!(error = %e, dir = %state.dir.display(), "writing the store failed; ingest and deliveries pause while it is reopened")
+            }
+        }
+        state.health.set_fault(fault, e.to_string());
+    }
+    true
+}
+
+/// The error changes get while the current fault lasts.
+fn fault_error(state: &State) -> StoreError {
+    state
+        .health
+        .fault_error()
+        .unwrap_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
+}
+
+fn fail(op: Op, state: &State) {
+    (op.reply)(Err(fault_error(state)));
+}
+
+/// Committed but unflushed durable changes are not durable: they are answered with the fault.
+fn fail_all(unflushed: &mut Vec<(Reply, Box<dyn Any + Send>)>, state: &State) {
+    for (reply, _) in unflushed.drain(..) {
+        reply(Err(fault_error(state)));
+    }
+}
+
+/// The first wait before reopening after a fault, and the longest (it doubles in between).
+const RECOVER_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RECOVER_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Free space needed before reopening after the disk was full: sled may start a new segment.
+const RECOVER_FREE_BYTES: u64 = 2 * super::SEGMENT_SIZE as u64;
+/// Bytes written (and fsynced, then removed) to prove the filesystem takes writes again.
+const PROBE_BYTES: usize = 64 * 1024;
+
+/// Waits, answering every change with the fault, until the filesystem takes writes again, then
+/// reopens the database and clears the fault. False when the store is closing instead.
+fn recover(state: &State, receiver: &mpsc::Receiver<Op>) -> bool {
+    let mut delay = RECOVER_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        let until = std::time::Instant::now() + delay;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match receiver.recv_timeout(left) {
+                Ok(op) => fail(op, state),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        attempts += 1;
+        let result = probe(&state.dir).and_then(|()| super::reopen(state));
+        match result {
+            Ok(()) => {
+                state.health.clear_fault();
+                tracing::info!(
+                    attempts,
+                    "the store takes writes again; ingest and deliveries resume"
+                );
+                state.wake.notify_one();
+                return true;
+            }
+            Err(e) => {
+                let fault = health::classify(&e).unwrap_or(Fault::Unavailable);
+                state.health.set_fault(fault, e.to_string());
+                if attempts % 10 == 1 {
+                    tracing::warn!(error = %e, attempts, "the store cannot be reopened yet");
+                }
+            }
+        }
+        delay = (delay * 2).min(RECOVER_MAX);
+    }
+}
+
+/// Checks that the filesystem holding `dir` has room for sled and takes a synced write.
+fn probe(dir: &Path) -> Result<(), StoreError> {
+    if let Some(free) = health::free_space(dir) {
+        if free < RECOVER_FREE_BYTES {
+            return Err(StoreError::Full(format!(
+                "{free} bytes free where the store is, {RECOVER_FREE_BYTES} needed to reopen it"
+            )));
+        }
+    }
+    let path = dir.join("write-probe.tmp");
+    let written = (|| {
+        use std::io::Write;
+        let mut f = File::create(&path)?;
+        f.write_all(&[0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    Ok(written?)
 }
 
 /// Gathering changes that need no sync stops at this many.
@@ -438,9 +598,11 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         pending: std::collections::HashMap::new(),
         next_id: committed_id,
         wake: false,
+        bytes: 0,
     });
     let runs = RefCell::new(runs);
-    let trees = state.trees.all();
+    let sled = state.sled()?;
+    let trees = sled.trees.all();
     let result = trees.as_slice().transaction(|t| {
         {
             let mut fx = effects.borrow_mut();
@@ -450,6 +612,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
             fx.pending.clear();
             fx.next_id = committed_id;
             fx.wake = false;
+            fx.bytes = 0;
         }
         let tx = Tx {
             trees: t,
@@ -501,6 +664,8 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
     };
     let fx = effects.into_inner();
+    // The counters, pending counts and id counter in `meta` come on top of what the changes wrote.
+    state.health.add(fx.bytes + 256);
     *state
         .counters
         .lock()
@@ -543,7 +708,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
     Ok(results)
 }
 
-fn syncer_loop(data_file: &File, blobs: &Path, receiver: &mpsc::Receiver<Flushed>) {
+fn syncer_loop(state: &State, data_file: &File, blobs: &Path, receiver: &mpsc::Receiver<Flushed>) {
     let mut synced_blobs = HashSet::new();
     while let Ok(first) = receiver.recv() {
         let mut batches = vec![first];
@@ -551,17 +716,30 @@ fn syncer_loop(data_file: &File, blobs: &Path, receiver: &mpsc::Receiver<Flushed
             batches.push(more);
         }
         let outcome = sync(data_file, blobs, &mut synced_blobs);
+        if let Err(e) = &outcome {
+            // After a failed fsync the kernel may have dropped the pages: only a reopen tells.
+            note_fault(state, e);
+        }
         for batch in batches {
-            let outcome = batch
-                .flush
-                .and(outcome.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let outcome = match (&batch.flush, &outcome) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(_), _) | (_, Err(_)) => Err(fault_error(state)),
+            };
             for (reply, result) in batch.waiting {
                 match &outcome {
                     Ok(()) => reply(Ok(result)),
-                    Err(e) => reply(Err(StoreError::Io(std::io::Error::other(e.clone())))),
+                    Err(e) => reply(Err(clone_error(e))),
                 }
             }
         }
+    }
+}
+
+/// A copy of a fault error for each change that waited on the same flush.
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Full(m) => StoreError::Full(m.clone()),
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod crash;
 mod delivery;
+mod diskfull;
 mod fairness;
 mod intake;
 mod operate;

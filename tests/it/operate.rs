@@ -449,3 +449,47 @@ async fn per_endpoint_pending_counts_survive_a_restart() {
         "{s}"
     );
 }
+
+/// `retrying` is the part of `pending` that failed before: attempts under way count in neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retrying_never_exceeds_pending() {
+    let receiver = TestReceiver::start().await;
+    // Slow failures: most of the time every retry is under way.
+    receiver.set_default(Answer::status(500).delay(Duration::from_millis(700)));
+    let daemon = TestDaemon::start_with(|c| {
+        c.retry.schedule = vec![Duration::from_millis(20); 50];
+    })
+    .await;
+    let c = daemon.client();
+    c.create_endpoint("p", "sandbox", &receiver.url("/hook"), &["bill.created"])
+        .await;
+    for i in 0..20 {
+        let (status, body) = c
+            .post_event(
+                "p",
+                "sandbox",
+                &format!("evt_{i}"),
+                "bill.created",
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    receiver.wait_for(40, Duration::from_secs(30)).await;
+    let mut seen_retrying = false;
+    for _ in 0..30 {
+        let (_, s) = c.get("/status").await;
+        let q = &s["queue"];
+        let (pending, retrying) = (
+            q["pending"].as_u64().unwrap(),
+            q["retrying"].as_u64().unwrap(),
+        );
+        assert!(
+            retrying <= pending,
+            "retrying {retrying} > pending {pending}: {s}"
+        );
+        seen_retrying |= q["in_flight"].as_u64().unwrap() > 0;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_retrying, "no retry was ever under way");
+}
