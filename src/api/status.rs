@@ -124,3 +124,54 @@ pub fn metrics(state: &AppState) -> Response<Body> {
         .body(Full::new(Bytes::from(text)))
         .expect("valid response")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::api::{error_response, ApiError};
+    use crate::store::StoreError;
+    use http::StatusCode;
+
+    /// Storage faults are 503 with a retry-after, never 500; only unreadable data is a 500.
+    #[test]
+    fn storage_faults_are_503_with_retry_after() {
+        let cases = [
+            (
+                StoreError::Full("disk full".into()),
+                "storage_full",
+                Some("30"),
+            ),
+            (
+                StoreError::Unavailable("reopening".into()),
+                "storage_unavailable",
+                Some("5"),
+            ),
+            (
+                StoreError::Io(std::io::Error::from_raw_os_error(5)),
+                "storage_unavailable",
+                Some("5"),
+            ),
+            (StoreError::Closed, "shutting_down", Some("5")),
+            (
+                StoreError::Corrupt("bad record".into()),
+                "storage_error",
+                None,
+            ),
+        ];
+        for (error, code, retry_after) in cases {
+            let e = ApiError::from(error);
+            assert_eq!(e.code, code);
+            let resp = error_response(&e);
+            let expected = if retry_after.is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            assert_eq!(resp.status(), expected, "{code}");
+            let header = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(header, retry_after, "{code}");
+        }
+    }
+}
