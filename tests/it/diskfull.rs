@@ -353,3 +353,104 @@ async fn max_bytes_case(name: &str, max_mib: u64, fs_mib: u64) {
     );
     daemon.stop().await;
 }
+
+/// The real binary on a filesystem that fills while events arrive, recovers in place once space is
+/// freed, and is then killed with SIGKILL: after a restart every acknowledged event is there, both
+/// those acknowledged before the disk filled and those acknowledged after the in-place reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
+    use crate::crash::{request, Daemon, Settings};
+    let Some(fs) = Tmpfs::mount("full_disk_sigkill", 64) else {
+        return;
+    };
+    let receiver = TestReceiver::start().await;
+    receiver.set_default(Answer::status(500));
+    let settings = Settings {
+        shutdown_grace: "2s",
+        timeout: "5s",
+        retry_schedule: r#"["300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms"]"#,
+    };
+    let mut daemon = Daemon::start(fs.path(), settings).await;
+    let c = daemon.client.clone();
+    c.create_endpoint("p", "sandbox", &receiver.url("/hook"), &["bill.created"])
+        .await;
+
+    // Producers post all along; an event counts as acknowledged only on a 2xx.
+    let acked = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (acked, stop, c) = (acked.clone(), stop.clone(), c.clone());
+        producers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("evt_{p}_{i}");
+                i += 1;
+                let body = json!({"partner_id": "p", "environment": "sandbox", "id": id,
+                    "type": "bill.created", "data": {"pad": "y".repeat(500)}});
+                let answer = request(
+                    c.addr,
+                    Method::POST,
+                    "/v1/events",
+                    Some(&c.token),
+                    Some(body),
+                )
+                .await;
+                match answer {
+                    Ok((status, _)) if status.is_success() => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Ok((status, body)) => {
+                        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    // The daemon is being killed.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let count = |acked: &Arc<std::sync::Mutex<HashSet<String>>>| acked.lock().unwrap().len();
+    wait_until(Duration::from_secs(30), || count(&acked) >= 300).await;
+
+    let filler = fill(fs.path());
+    wait_until_async(Duration::from_secs(30), || async {
+        healthz(&c).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&filler).unwrap();
+    wait_until_async(Duration::from_secs(60), || async {
+        healthz(&c).await.0 == StatusCode::OK
+    })
+    .await;
+    let after_reopen = count(&acked);
+    wait_until(Duration::from_secs(60), || {
+        count(&acked) >= after_reopen + 200
+    })
+    .await;
+
+    daemon.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    daemon.restart().await;
+    let c = daemon.client.clone();
+    let acked: Vec<String> = acked.lock().unwrap().iter().cloned().collect();
+    let mut missing = Vec::new();
+    for id in &acked {
+        let (status, _) = c.get(&format!("/v1/events/{id}")).await;
+        if status != StatusCode::OK {
+            missing.push(id.clone());
+        }
+    }
+    eprintln!(
+        "full disk + reopen + SIGKILL: {} acknowledged events, {} missing",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert_eq!(healthz(&c).await.0, StatusCode::OK);
+    daemon.kill9();
+}
