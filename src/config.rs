@@ -40,6 +40,32 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// What is logged and in which format.
     pub log: LogConfig,
+    /// Deadlines and connection limits of the HTTP interface. Not config keys (the contract has
+    /// none for them): fixed defaults, documented in the README, that tests shorten.
+    pub http: HttpLimits,
+}
+
+/// How long a client may take to send a request, and how many connections are served at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpLimits {
+    /// The head of a request (request line and headers) must arrive within this; it is also how
+    /// long a kept-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// The body must arrive whole within this after its head: a client trickling it gets 408.
+    pub body_timeout: Duration,
+    /// Connections served at once; further ones get 503 and are closed. `None`: derived at start
+    /// from the open-files limit, minus a reserve for the store and outbound connections.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: None,
+        }
+    }
 }
 
 /// Settings of the admin HTTP interface (`[server]`).
@@ -1034,6 +1060,7 @@ impl Convert {
             endpoints,
             retention,
             log,
+            http: HttpLimits::default(),
         })
     }
 

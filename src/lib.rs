@@ -66,7 +66,12 @@ pub async fn run(
     let slot: api::StateSlot = Arc::default();
     let addr = listener.local_addr().ok();
     let (stop_http, http_shutdown) = Shutdown::new();
-    let http = tokio::spawn(api::serve(listener, slot.clone(), http_shutdown));
+    let http = tokio::spawn(api::serve(
+        listener,
+        slot.clone(),
+        config.clone(),
+        http_shutdown,
+    ));
     let result = start_and_run(config, &slot, addr, shutdown).await;
     stop_http.fire();
     let _ = http.await;

@@ -172,6 +172,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         }
     };
     preflix_webhookd::telemetry::init_logging(&config);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,6 +210,21 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit: the common soft default of 1024 is reached
+/// by a thousand idle connections. The HTTP interface derives its connection cap from the limit
+/// in force (see `api::conn::max_connections`), so this runs before it starts.
+fn raise_open_files_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => {
+            let hard = before.map(|(_, hard)| hard).unwrap_or(now);
+            let soft_before = before.map(|(soft, _)| soft).unwrap_or(now);
+            tracing::info!(soft_before, soft = now, hard, "open-files limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit; keeping it"),
     }
 }
 

@@ -262,9 +262,13 @@ pub fn delivery_id(seq: u64) -> String {
 }
 
 /// Parses an id made by [`endpoint_id`], [`delivery_id`] or [`DeadLetter::id`] back into its number.
+///
+/// Only the exact form those functions write is accepted: the prefix and 16 lower-case hex digits.
+/// `u64::from_str_radix` alone would also take a sign (`ep_+00000000000002a`) and upper-case
+/// digits, so one number would have several ids; an id has one spelling.
 pub fn parse_numbered_id(prefix: &str, id: &str) -> Option<u64> {
     let hex = id.strip_prefix(prefix)?;
-    if hex.len() != 16 {
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -295,11 +299,18 @@ pub fn format_time(ms: u64) -> String {
     .unwrap_or_default()
 }
 
-/// Parses RFC 3339 text into unix milliseconds.
+/// Parses RFC 3339 text into unix milliseconds; `None` for text that is not RFC 3339 and for
+/// times before 1970 (see [`parse_time_signed`]).
 pub fn parse_time(text: &str) -> Option<u64> {
+    u64::try_from(parse_time_signed(text)?).ok()
+}
+
+/// Parses RFC 3339 text into unix milliseconds, negative before 1970 (RFC 3339 allows years 0000
+/// to 9999).
+pub fn parse_time_signed(text: &str) -> Option<i64> {
     let at =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+    i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 #[cfg(test)]
@@ -313,6 +324,22 @@ mod tests {
         assert_eq!(parse_numbered_id("dlv_", &delivery_id(7)), Some(7));
         assert_eq!(parse_numbered_id("dlv_", "dlv_zz"), None);
         assert_eq!(parse_numbered_id("ep_", "dlv_0000000000000001"), None);
+    }
+
+    #[test]
+    fn ids_have_one_spelling() {
+        assert_eq!(parse_numbered_id("ep_", "ep_000000000000002a"), Some(42));
+        for alias in [
+            "ep_+00000000000002a",
+            "ep_000000000000002A",
+            "ep_-00000000000002a",
+            "ep_ 00000000000002a",
+            "EP_000000000000002a",
+            "ep_00000000000002a",
+            "ep_0000000000000002a",
+        ] {
+            assert_eq!(parse_numbered_id("ep_", alias), None, "{alias}");
+        }
     }
 
     #[test]
@@ -332,6 +359,17 @@ mod tests {
         assert_eq!(format_time(ms), "2026-01-15T19:04:12.000Z");
         assert_eq!(parse_time("2026-01-15T20:04:12+01:00"), Some(ms));
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn times_before_1970_are_rfc_3339_too() {
+        assert_eq!(parse_time_signed("1969-12-31T23:59:59.999Z"), Some(-1));
+        assert_eq!(parse_time_signed("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_time_signed("0001-01-01T00:00:00Z"),
+            Some(-62_135_596_800_000)
+        );
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), None);
     }
 
     #[test]

@@ -18,7 +18,25 @@ use serde_json::{json, Map, Value};
 
 const DEFAULT_MAX_IN_FLIGHT: u32 = 16;
 const MAX_HEADERS: usize = 32;
+/// The longest custom header name and the longest value, in bytes (README: 1 KiB each).
+const MAX_HEADER_NAME: usize = 1024;
 const MAX_HEADER_VALUE: usize = 1024;
+/// Names the daemon sets itself, and connection-level (hop-by-hop) names that would change how
+/// the request is framed or whether the connection is kept (RFC 9110 section 7.6.1).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-connection",
+];
 const DEFAULT_GRACE_SECONDS: u64 = 86_400;
 
 const PATCHABLE: &[&str] = &[
@@ -255,7 +273,9 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
     only_fields(&map, &["since"])?;
     let since = opt_str(&map, "since")?
         .ok_or_else(|| ApiError::invalid("`since` is required (an RFC 3339 time)"))?;
-    let since_ms = crate::model::parse_time(since)
+    // A time before 1970 is valid and means every stored event.
+    let since_ms = crate::model::parse_time_signed(since)
+        .map(|ms| u64::try_from(ms).unwrap_or(0))
         .ok_or_else(|| ApiError::invalid("`since` must be an RFC 3339 time"))?;
     let now = now_ms();
     let mut after = 0u64;
@@ -417,8 +437,17 @@ fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
             format!("at most {MAX_HEADERS} custom headers are allowed"),
         ));
     }
-    let mut out = Vec::with_capacity(map.len());
+    let mut out: Vec<(String, String)> = Vec::with_capacity(map.len());
     for (name, value) in map {
+        if name.len() > MAX_HEADER_NAME {
+            return Err(ApiError::unprocessable(
+                "invalid_header",
+                format!(
+                    "a header name is {} bytes long; at most {MAX_HEADER_NAME} are allowed",
+                    name.len()
+                ),
+            ));
+        }
         let lower = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
             return Err(ApiError::unprocessable(
@@ -426,24 +455,23 @@ fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
                 format!("`{name}` is not a valid header name"),
             ));
         }
-        const RESERVED: &[&str] = &[
-            "host",
-            "content-type",
-            "content-length",
-            "transfer-encoding",
-            "connection",
-            "user-agent",
-        ];
-        if RESERVED.contains(&lower.as_str())
+        if RESERVED_HEADERS.contains(&lower.as_str())
             || lower.starts_with("preflixai-")
             || lower.starts_with("webhook-")
         {
             return Err(ApiError::unprocessable(
                 "invalid_header",
                 format!(
-                    "the daemon sets `{lower}` itself; custom headers may not use host, content-type, \
-                     content-length, transfer-encoding, connection, user-agent, preflixai-* or webhook-*"
+                    "the daemon sets `{lower}` itself; custom headers may not use {}, preflixai-* or webhook-*",
+                    RESERVED_HEADERS.join(", ")
                 ),
+            ));
+        }
+        // Header names are case-insensitive: `X-Route` and `x-route` would be sent as two headers.
+        if out.iter().any(|(seen, _)| *seen == lower) {
+            return Err(ApiError::unprocessable(
+                "invalid_header",
+                format!("the header `{lower}` is given twice (names are case-insensitive)"),
             ));
         }
         let value = value.as_str().ok_or_else(|| {

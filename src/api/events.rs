@@ -230,8 +230,13 @@ pub fn validate(mut map: Map<String, Value>, now: u64) -> Result<NewEvent, ApiEr
         None => return Err(ApiError::invalid("`type` is required")),
     };
     let created_at = match opt_str(&map, "created_at")? {
-        Some(t) if crate::model::parse_time(t).is_some() => t.to_string(),
-        Some(_) => return Err(ApiError::invalid("`created_at` must be an RFC 3339 time")),
+        // Stored and signed as given; times before 1970 are valid RFC 3339 and kept as they are.
+        Some(t) if crate::model::parse_time_signed(t).is_some() => t.to_string(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`created_at` must be an RFC 3339 time, like 2026-01-15T19:04:12Z",
+            ))
+        }
         None => time_seconds(now),
     };
     let data = match map.remove("data") {

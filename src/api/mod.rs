@@ -1,9 +1,11 @@
 //! The HTTP interface: connections, routing, the admin token, body limits, and the one place errors become responses.
 
+mod conn;
 mod dead_letters;
 mod endpoints;
 mod events;
 mod status;
+pub mod strict_json;
 
 use crate::config::Config;
 use crate::delivery::SchedulerHandle;
@@ -125,8 +127,19 @@ pub type ApiResult = Result<Response<Body>, ApiError>;
 pub type StateSlot = Arc<std::sync::OnceLock<Arc<AppState>>>;
 
 /// Serves HTTP on `listener` until `shutdown` fires, then lets requests in progress finish.
-pub async fn serve(listener: TcpListener, slot: StateSlot, shutdown: Shutdown) {
+///
+/// At most [`conn::max_connections`] connections are served at once; one more is answered 503
+/// `too_many_connections` and closed, so the daemon never runs out of open files and never stops
+/// accepting. Each connection goes through [`conn::ConnIo`] (deadlines, error shape).
+pub async fn serve(listener: TcpListener, slot: StateSlot, config: Config, shutdown: Shutdown) {
+    let config = Arc::new(config);
+    let cap = conn::max_connections(&config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(conn::MAX_REFUSING));
+    tracing::info!(max_connections = cap, "serving HTTP");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refused_since_warning = 0u64;
+    let mut last_warning: Option<Instant> = None;
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -139,9 +152,32 @@ pub async fn serve(listener: TcpListener, slot: StateSlot, shutdown: Shutdown) {
             },
             _ = shutdown.wait() => break,
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused_since_warning += 1;
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    max_connections = cap,
+                    refused = refused_since_warning,
+                    "too many connections: refusing new ones with 503"
+                );
+                last_warning = Some(Instant::now());
+                refused_since_warning = 0;
+            }
+            // Refusing costs an open file too, so only a few refusals are written at once.
+            if let Ok(refusal) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    conn::refuse(stream).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let slot = slot.clone();
+        let exchange = Arc::new(conn::Exchange::default());
+        let io = conn::ConnIo::new(stream, exchange.clone(), &config);
         let service = hyper::service::service_fn(move |req| {
+            exchange.request_started(req.method() == Method::HEAD);
             let slot = slot.clone();
             async move {
                 let response = match slot.get() {
@@ -151,14 +187,16 @@ pub async fn serve(listener: TcpListener, slot: StateSlot, shutdown: Shutdown) {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
+        // ConnIo enforces `header_timeout` itself, answering 408; hyper's own timer is a backstop.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
+            .header_read_timeout(config.http.header_timeout + Duration::from_secs(5))
+            .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -183,8 +221,42 @@ fn starting<B>(req: &Request<B>) -> Response<Body> {
 }
 
 async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
-    let result = route(state, req).await;
-    result.unwrap_or_else(|e| error_response(&e))
+    let result = match unsupported_coding(&req) {
+        Some(e) => Err(e),
+        None => route(state, req).await,
+    };
+    let mut response = result.unwrap_or_else(|e| error_response(&e));
+    // The body was not read to its end: the connection cannot carry another request.
+    if matches!(
+        response.status(),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::NOT_IMPLEMENTED
+    ) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A `transfer-encoding` other than `chunked` alone: hyper decodes the chunks and would hand over
+/// the still-encoded (`gzip`, ...) bytes as the body.
+fn unsupported_coding<B>(req: &Request<B>) -> Option<ApiError> {
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let unknown = codings.find(|c| !c.eq_ignore_ascii_case("chunked"))?;
+    Some(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "unsupported_transfer_encoding",
+        format!(
+            "the transfer coding `{unknown}` is not supported; send the body as it is, with \
+             content-length or transfer-encoding: chunked"
+        ),
+    ))
 }
 
 async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
@@ -281,10 +353,20 @@ pub async fn read_body(state: &AppState, req: Request<Incoming>) -> Result<Bytes
             return Err(too_large());
         }
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::invalid("the request body could not be read")),
+    let deadline = state.config.http.body_timeout;
+    let reading = Limited::new(req.into_body(), max).collect();
+    match tokio::time::timeout(deadline, reading).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::invalid("the request body could not be read")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s; send the whole request at once",
+                deadline.as_secs_f64()
+            ),
+        )),
     }
 }
 
@@ -303,13 +385,15 @@ pub async fn read_json_object(
     }
 }
 
+/// Parses a request body as JSON; a key repeated in one object is refused (see [`strict_json`]).
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
+    strict_json::from_slice(body).map_err(|e| {
+        let message = if e.is_data() {
+            format!("the body is ambiguous JSON: {e}")
+        } else {
+            format!("the body is not valid JSON: {e}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     })
 }
 

@@ -151,6 +151,7 @@ fn a_file_with_every_key_parses() {
             level: "debug,hyper=warn".to_owned(),
             format: LogFormat::Json,
         },
+        http: Default::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.attempts_per_delivery(), 3);

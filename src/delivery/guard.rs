@@ -120,6 +120,10 @@ pub fn parse_endpoint_url(
     if url.contains('#') {
         return Err(UrlError::Fragment);
     }
+    // The http crate is lenient (raw non-ASCII bytes, `[127.0.0.1]`, zone ids, `127.1`), and what
+    // it lets through would be read differently by a resolver, a TLS library or a receiver. The
+    // text is checked against RFC 3986 first, whatever `delivery.allow_private_networks` says.
+    check_url_text(url)?;
     let uri: Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| UrlError::Invalid {
@@ -172,6 +176,170 @@ pub fn parse_endpoint_url(
         port,
         uri,
     })
+}
+
+/// Checks the raw text of an absolute URL against RFC 3986, more strictly than the http crate:
+/// printable ASCII only; a host that is a DNS name of letters, digits, `-` and `_` in labels of at
+/// most 63 bytes, a dotted-quad IPv4 address without leading zeros, or a bracketed IPv6 address
+/// without a zone id; a port of digits without a leading zero; a path and query of RFC 3986
+/// characters with well-formed percent escapes. Scheme, user-info and fragment are judged by the
+/// caller, after this.
+fn check_url_text(url: &str) -> Result<(), UrlError> {
+    let invalid = |reason: String| UrlError::Invalid { reason };
+    if let Some(c) = url.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "it contains {}, which must be percent-encoded",
+            describe_char(c)
+        )));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(UrlError::NotAbsolute);
+    };
+    if scheme.is_empty() || scheme.contains(['/', '?']) {
+        return Err(UrlError::NotAbsolute);
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err(UrlError::UserInfo);
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((inside, after)) = bracketed.split_once(']') else {
+            return Err(invalid("the IPv6 address has no closing bracket".into()));
+        };
+        check_bracketed_host(inside)?;
+        match after {
+            "" => ("", None),
+            p => match p.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return Err(invalid(format!("unexpected `{p}` after the IPv6 address"))),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if !host.is_empty() {
+        check_name_host(host)?;
+    }
+    if let Some(port) = port {
+        if port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(format!(
+                "the port {port} is not a number from 1 to 65535"
+            )));
+        }
+    }
+    let bytes = path_and_query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let escape = bytes.get(i + 1..i + 3);
+            if !escape.is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit)) {
+                return Err(invalid(
+                    "a `%` in the path or query must start an escape like %2F".into(),
+                ));
+            }
+            i += 3;
+            continue;
+        }
+        let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?".contains(&b);
+        if !allowed {
+            return Err(invalid(format!(
+                "`{}` in the path or query must be percent-encoded (%{b:02X})",
+                b as char
+            )));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// What is inside `[...]`: an IPv6 address, nothing else.
+fn check_bracketed_host(inside: &str) -> Result<(), UrlError> {
+    let invalid = |reason: &str| UrlError::Invalid {
+        reason: reason.to_string(),
+    };
+    if inside.contains('%') {
+        return Err(invalid("IPv6 zone ids (%25eth0) are not allowed"));
+    }
+    if inside.parse::<Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if inside.parse::<Ipv4Addr>().is_ok() {
+        return Err(invalid(
+            "brackets are for IPv6 addresses; write an IPv4 address without them",
+        ));
+    }
+    Err(invalid("the text in brackets is not an IPv6 address"))
+}
+
+/// A host outside brackets: a DNS name, or an IPv4 address in its one dotted-quad spelling.
+fn check_name_host(host: &str) -> Result<(), UrlError> {
+    let invalid = |reason: String| UrlError::Invalid { reason };
+    if host.len() > 253 {
+        return Err(invalid("the host name is longer than 253 bytes".into()));
+    }
+    if let Some(b) = host
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+    {
+        return Err(invalid(format!(
+            "`{}` is not allowed in a host name (letters, digits, `-`, `_` and `.`;              write international names in their xn-- form)",
+            b as char
+        )));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        return Err(invalid(format!("the host {host} has an empty label")));
+    }
+    if let Some(l) = labels.iter().find(|l| l.len() > 63) {
+        return Err(invalid(format!(
+            "the host label {}… is longer than 63 bytes",
+            &l[..20]
+        )));
+    }
+    if labels
+        .iter()
+        .any(|l| l.starts_with('-') || l.ends_with('-'))
+    {
+        return Err(invalid(format!(
+            "a label of the host {host} starts or ends with `-`"
+        )));
+    }
+    // A name whose last label is a number is read as an IPv4 address by resolvers and browsers
+    // (`127.1`, `0x7f.1`, `0177.0.0.1` all mean 127.0.0.1): only the dotted quad is accepted.
+    let last = labels.last().copied().unwrap_or("");
+    let numeric = last.bytes().all(|b| b.is_ascii_digit())
+        || last.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x"));
+    if numeric {
+        let quad = labels.len() == 4
+            && host == name
+            && labels.iter().all(|l| {
+                l.bytes().all(|b| b.is_ascii_digit())
+                    && (*l == "0" || !l.starts_with('0'))
+                    && l.parse::<u8>().is_ok()
+            });
+        if !quad {
+            return Err(invalid(format!(
+                "the host {host} looks like an IPv4 address but is not written a.b.c.d                  with numbers from 0 to 255 without leading zeros"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe_char(c: char) -> String {
+    if c == ' ' {
+        "a space".to_string()
+    } else if c.is_ascii() {
+        format!("the control character U+{:04X}", c as u32)
+    } else {
+        format!("the non-ASCII character `{c}`")
+    }
 }
 
 /// Why a host may not be contacted, or could not be looked up.

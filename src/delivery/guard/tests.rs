@@ -401,3 +401,56 @@ fn connector_fits_the_legacy_client() {
     fn assert_connect<C: hyper_util::client::legacy::connect::Connect + Clone + Sync>() {}
     assert_connect::<GuardedConnector<HttpConnector<GuardedResolver>>>();
 }
+
+#[test]
+fn malformed_urls_are_refused_whatever_the_network_setting() {
+    // Each of these was accepted by the http crate's parser (issue 9).
+    for url in [
+        "http://[127.0.0.1]/",
+        "http://[127.0.0.1]:8080/",
+        "http://[fe80::1%25eth0]/",
+        "http://[fe80::1%eth0]/",
+        "http://hooks.acme.example/caf\u{e9}",
+        "http://hooks.acme.example/p?q=\u{e9}",
+        "http://h\u{e9}.example/",
+        "http://hooks.acme.example/a b",
+        "http://hooks.acme.example/a\tb",
+        "http://127.1/",
+        "http://0x7f.0.0.1/",
+        "http://0177.0.0.1/",
+        "http://2130706433/",
+        "http://127.0.0.1./",
+        "http://256.0.0.1/",
+        "http://hooks.acme.example:080/",
+        "http://hooks..example/",
+        "http://-hooks.example/",
+        "http://hooks%2eexample/",
+        "http://hooks.example/%zz",
+        "http://hooks.example/%4",
+        "http://hooks.example/a\\b",
+        "http://hooks.example/{x}",
+        "http://hooks.example/a|b",
+        "http://[v1.x]/",
+        "http://[::1/",
+        "http://[::1]x/",
+    ] {
+        for sandbox in [true, false] {
+            let got = parse_endpoint_url(url, sandbox, false).expect_err(url);
+            assert!(matches!(got, UrlError::Invalid { .. }), "{url}: {got:?}");
+        }
+    }
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://0.0.0.0/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[0:0:0:0:0:0:0:1]/",
+        "http://hooks.acme.example./p",
+        "http://my_host.internal/p",
+        "http://hooks.example/caf%C3%A9?a=1&b=%2F;c=d~e",
+        "http://hooks.example/a/b@c:d!$&'()*+,=",
+        "http://xn--caf-dma.example/",
+        "http://1a.example/",
+    ] {
+        parse_endpoint_url(url, true, false).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
