@@ -1,4 +1,5 @@
-//! Micro benchmarks of the daemon's hot pure functions: signing, verifying, record codec, retry decision.
+//! Micro benchmarks of the daemon's hot pure functions: signing, verifying, record codec, retry
+//! decision, and parsing a request body (duplicate keys refused) against plain `serde_json`.
 //!
 //! Run with `cargo bench --bench micro`; each benchmark measures for about 2 s, so the whole run
 //! takes a couple of minutes on a 2-core machine. Event validation (`api::events::validate`) is
@@ -237,6 +238,32 @@ fn parse_duration(text: &str) -> Duration {
     })
 }
 
+/// An event request body with a nested `data` of about 1 KiB and 40 keys.
+fn event_request() -> Vec<u8> {
+    let items: Vec<serde_json::Value> = (0..8)
+        .map(|i| serde_json::json!({"line": i, "code": format!("CPT-{i:05}"), "amount": 1234.5, "denied": i % 3 == 0}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "partner_id": "acme-health", "environment": "production", "id": "evt_bench_000001",
+        "type": "audit.completed", "created_at": "2026-01-15T19:04:12Z",
+        "data": {"bill_id": "bill_8f4", "report_id": "report_33", "status": "complete", "items": items},
+    }))
+    .unwrap()
+}
+
+fn bench_json(c: &mut Criterion) {
+    let body = event_request();
+    let mut g = c.benchmark_group("json_parse");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function(format!("serde_json_value_{}B", body.len()), |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap())
+    });
+    g.bench_function(format!("strict_no_duplicate_keys_{}B", body.len()), |b| {
+        b.iter(|| preflix_webhookd::api::strict_json::from_slice(black_box(&body)).unwrap())
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -247,6 +274,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = bench_signing, bench_codec, bench_retry
+    targets = bench_signing, bench_codec, bench_retry, bench_json
 }
 criterion_main!(micro);

@@ -389,7 +389,7 @@ async fn check_url(state: &AppState, url: &str, environment: Environment) -> Res
     Ok(())
 }
 
-fn event_types(value: &Value) -> Result<Vec<String>, ApiError> {
+pub(super) fn event_types(value: &Value) -> Result<Vec<String>, ApiError> {
     let invalid = || {
         ApiError::invalid("`event_types` must be a non-empty array of event type names, or [\"*\"]")
     };
@@ -421,7 +421,7 @@ fn event_types(value: &Value) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
-fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn headers(value: &Value) -> Result<Vec<(String, String)>, ApiError> {
     let map = match value {
         Value::Null => return Ok(Vec::new()),
         Value::Object(map) => map,

@@ -4,6 +4,8 @@ mod conn;
 mod dead_letters;
 mod endpoints;
 mod events;
+#[cfg(test)]
+mod proptests;
 mod status;
 pub mod strict_json;
 
