@@ -199,7 +199,7 @@ proptest! {
         let value = json!(given);
         let kept = headers(&value).expect("valid headers");
         let expected: Vec<(String, String)> =
-            given.into_iter().map(|(k, v)| (k, v)).collect();
+            given.into_iter().collect();
         prop_assert_eq!(kept, expected);
     }
 
