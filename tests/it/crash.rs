@@ -45,30 +45,7 @@ impl Daemon {
     /// Starts the binary on `dir`; a port taken between choosing it and binding it means another try.
     pub(crate) async fn start(dir: &Path, settings: Settings) -> Daemon {
         for _ in 0..5 {
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-                l.local_addr().unwrap().port()
-            };
-            let config = dir.join("config.toml");
-            std::fs::write(&config, config_text(dir, port, settings)).unwrap();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("daemon.log"))
-                .unwrap();
-            let mut child = Command::new(binary())
-                .arg("serve")
-                .arg("--config")
-                .arg(&config)
-                .env_remove("PREFLIX_WEBHOOKD_CONFIG")
-                .env_remove("CREDENTIALS_DIRECTORY")
-                .env_remove("STATE_DIRECTORY")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn the daemon binary");
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let (mut child, addr) = spawn(dir, settings);
             let deadline = Instant::now() + Duration::from_secs(15);
             let mut healthy = false;
             while Instant::now() < deadline {
@@ -105,6 +82,20 @@ impl Daemon {
             "the daemon did not start in 5 tries; log:\n{}",
             log_tail(dir)
         );
+    }
+
+    /// Starts the binary again on the same directory and SIGKILLs it `after` later, whether it is
+    /// ready or still opening the store. The status it exited with by itself, if it did.
+    pub(crate) async fn kill_while_starting(&mut self, after: Duration) -> Option<ExitStatus> {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "start of a second daemon on one directory"
+        );
+        self.child = spawn(&self.dir, self.settings).0;
+        tokio::time::sleep(after).await;
+        let exited = self.child.try_wait().unwrap();
+        self.kill9();
+        exited
     }
 
     /// SIGKILL, and reap the process.
@@ -154,6 +145,34 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Spawns the binary on `dir`, listening on a port that was free a moment ago.
+fn spawn(dir: &Path, settings: Settings) -> (Child, SocketAddr) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        l.local_addr().unwrap().port()
+    };
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text(dir, port, settings)).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    let child = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("PREFLIX_WEBHOOKD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn the daemon binary");
+    (child, ([127, 0, 0, 1], port).into())
 }
 
 fn config_text(dir: &Path, port: u16, s: Settings) -> String {

@@ -3,7 +3,9 @@
 //! third of its requests. After each restart no acknowledged id is taken as new; at the end every
 //! acknowledged event reaches each of its endpoints, and only those, signed with their secrets.
 //!
-//! `PREFLIX_SOAK_KILLS` sets the number of kills (20 by default, as CI runs it) and
+//! One restart in four is killed too, while it opens the store.
+//!
+//! `PREFLIX_SOAK_KILLS` sets the number of kills under load (20 by default, as CI runs it) and
 //! `PREFLIX_SOAK_SEED` replays a run: the seed is printed at the start and in every failure.
 //! The long run: `PREFLIX_SOAK_KILLS=200 cargo test --release --test it soak:: -- --nocapture`.
 
@@ -534,6 +536,7 @@ async fn kill9_soak_loses_nothing_acknowledged_and_misdirects_nothing() {
 
     let ledger: Shared = Arc::default();
     let mut delays = Vec::new();
+    let mut starting_kills = 0;
     for cycle in 0..kills {
         let mut rng = StdRng::seed_from_u64(mix(seed, cycle, 1000));
         // One kill in five comes early: during recovery and the id filter's scan.
@@ -562,6 +565,17 @@ async fn kill9_soak_loses_nothing_acknowledged_and_misdirects_nothing() {
             }
         }
         delays.push(delay);
+        // One restart in four is killed too, while it opens the store (or soon after).
+        if rng.gen_ratio(1, 4) {
+            let after = Duration::from_millis(rng.gen_range(0..400));
+            if let Some(exit) = d.kill_while_starting(after).await {
+                fail(&format!(
+                    "after kill {}, a restart exited by itself: {exit}",
+                    cycle + 1
+                ));
+            }
+            starting_kills += 1;
+        }
         d.restart().await;
         if let Err(e) = after_restart(&d.client, &ledger, &mut rng).await {
             fail(&format!(
@@ -705,7 +719,8 @@ async fn kill9_soak_loses_nothing_acknowledged_and_misdirects_nothing() {
     }
     let s = &receiver.state;
     eprintln!(
-        "crash soak (seed {seed}): {kills} kills (at {} to {} ms into a cycle) in {:.1} s; \
+        "crash soak (seed {seed}): {kills} kills (at {} to {} ms into a cycle) and {starting_kills} more \
+         while starting, in {:.1} s; \
          {} events acknowledged ({} one at a time, {} in batches, {} unanswered at a kill: {} then new, {} already stored); \
          re-posts answered as duplicates: {} under load, {} after restarts; \
          {} deliveries due, all delivered ({} once the receiver recovered, {:.1} s to drain); \
