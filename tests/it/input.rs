@@ -783,3 +783,49 @@ async fn the_binary_raises_its_open_files_limit_and_caps_connections() {
     }
     assert!(child.0.try_wait().unwrap().is_none(), "the daemon exited");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let d = TestDaemon::start_with(|c| c.http.body_timeout = Duration::from_secs(2)).await;
+    let stream = TcpStream::connect(d.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // Pipelined requests whose answers (the catalog, a few KiB each) are never read: the socket
+    // buffers fill and the daemon's writes stop making progress.
+    let request = format!(
+        "GET /v1/event-types HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n",
+        d.token
+    );
+    let started = Instant::now();
+    let writing = tokio::spawn(async move {
+        let batch = request.repeat(100);
+        while started.elapsed() < Duration::from_secs(40) {
+            if writer.write_all(batch.as_bytes()).await.is_err() {
+                return started.elapsed();
+            }
+        }
+        started.elapsed()
+    });
+    // Once the daemon gives up, the writes fail (the connection is reset or closed).
+    let gave_up_after = tokio::time::timeout(Duration::from_secs(60), writing)
+        .await
+        .expect("the writer ends")
+        .unwrap();
+    assert!(
+        gave_up_after < Duration::from_secs(30),
+        "the daemon kept a connection that does not read for {gave_up_after:?}"
+    );
+    // What was written before is still readable, then the end.
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection did not end");
+    let (status, _, _) = d.client().raw(Method::GET, "/healthz", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+}
