@@ -106,8 +106,10 @@ pub enum UrlError {
 /// Checks that `url` is fit to be an endpoint URL and splits it into the parts a delivery needs.
 ///
 /// It must be an absolute http or https URL of at most 2048 bytes with a host, no user-info and no
-/// fragment. When `sandbox` is false and `require_https` is true, it must be https. Whether its
-/// host may be contacted is a separate question, answered by [`check_host`].
+/// fragment, written as RFC 3986 says (printable ASCII, a host in its one spelling: a DNS name, a
+/// dotted-quad IPv4 address or a bracketed IPv6 address without a zone id). When `sandbox` is false
+/// and `require_https` is true, it must be https. Whether its host may be contacted is a separate
+/// question, answered by [`check_host`], and does not change what is malformed.
 pub fn parse_endpoint_url(
     url: &str,
     sandbox: bool,
