@@ -467,6 +467,11 @@ async fn refusals_of_the_http_layer_carry_the_error_shape() {
             400,
         ),
         (
+            "URI too long",
+            format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000)),
+            414,
+        ),
+        (
             "header flood",
             format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"),
             431,
@@ -828,4 +833,44 @@ async fn a_client_that_stops_reading_is_dropped() {
     assert!(ended.is_ok(), "the connection did not end");
     let (status, _, _) = d.client().raw(Method::GET, "/healthz", None, false).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn expect_100_continue_passes_through() {
+    // curl sends `expect: 100-continue` with bodies over 1 KiB: the interim answer is no refusal.
+    let d = TestDaemon::start().await;
+    let body = json!({"partner_id": PARTNER, "id": "continue-1", "type": "audit.completed",
+                      "data": {"pad": "x".repeat(2000)}})
+    .to_string();
+    let mut stream = TcpStream::connect(d.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        d.token,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1);
+        interim.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let got = read_answer(&mut stream, Duration::from_secs(30))
+        .await
+        .expect("an answer");
+    assert_eq!(got.status, 202, "{got:?}");
+    // The same connection serves the next request.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let next = read_answer(&mut stream, Duration::from_secs(30)).await;
+    assert_eq!(next.expect("an answer").status, 200);
 }
