@@ -219,6 +219,10 @@ impl ConnIo {
         }
         self.pending.clear();
         self.pending_at = 0;
+        // An idle connection should not keep the buffer of a large response it once carried.
+        if self.pending.capacity() > 64 * 1024 {
+            self.pending = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
