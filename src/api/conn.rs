@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
@@ -148,6 +149,8 @@ pub struct ConnIo {
     refused: bool,
     /// Since when writes have made no progress, while they are stuck.
     stalled_since: Option<Instant>,
+    /// This connection's place under the cap, held until the socket is closed, lingering included.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The state of the response stream hyper writes.
@@ -165,7 +168,12 @@ enum Out {
 const MAX_TRACKED_HEAD: usize = 64 * 1024;
 
 impl ConnIo {
-    pub fn new(stream: TcpStream, exchange: Arc<Exchange>, config: &Config) -> ConnIo {
+    pub fn new(
+        stream: TcpStream,
+        exchange: Arc<Exchange>,
+        config: &Config,
+        permit: OwnedSemaphorePermit,
+    ) -> ConnIo {
         let now = Instant::now();
         ConnIo {
             stream: Some(stream),
@@ -182,6 +190,7 @@ impl ConnIo {
             pending_at: 0,
             refused: false,
             stalled_since: None,
+            permit: Some(permit),
         }
     }
 
@@ -478,8 +487,10 @@ impl Drop for ConnIo {
         let unsent = self
             .pending
             .split_off(self.pending_at.min(self.pending.len()));
+        let permit = self.permit.take();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                let _permit = permit;
                 let _ = tokio::time::timeout(LINGER, async {
                     stream.write_all(&unsent).await?;
                     stream.shutdown().await?;

@@ -177,7 +177,7 @@ pub async fn serve(listener: TcpListener, slot: StateSlot, config: Config, shutd
         let _ = stream.set_nodelay(true);
         let slot = slot.clone();
         let exchange = Arc::new(conn::Exchange::default());
-        let io = conn::ConnIo::new(stream, exchange.clone(), &config);
+        let io = conn::ConnIo::new(stream, exchange.clone(), &config, permit);
         let service = hyper::service::service_fn(move |req| {
             exchange.request_started(req.method() == Method::HEAD);
             let slot = slot.clone();
@@ -198,7 +198,6 @@ pub async fn serve(listener: TcpListener, slot: StateSlot, config: Config, shutd
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;
-            drop(permit);
         });
     }
     drop(listener);
