@@ -222,7 +222,7 @@ fn starting<B>(req: &Request<B>) -> Response<Body> {
 }
 
 async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
-    let result = match unsupported_coding(&req) {
+    let result = match unsupported_coding(&req).or_else(|| unsupported_content_encoding(&req)) {
         Some(e) => Err(e),
         None => route(state, req).await,
     };
@@ -230,13 +230,31 @@ async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     // The body was not read to its end: the connection cannot carry another request.
     if matches!(
         response.status(),
-        StatusCode::REQUEST_TIMEOUT | StatusCode::NOT_IMPLEMENTED
+        StatusCode::REQUEST_TIMEOUT
+            | StatusCode::NOT_IMPLEMENTED
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
     ) {
         response
             .headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     response
+}
+
+/// A `content-encoding` other than `identity`: the body would not be JSON as sent.
+fn unsupported_content_encoding<B>(req: &Request<B>) -> Option<ApiError> {
+    let coding = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))?;
+    Some(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_content_encoding",
+        format!("the content coding `{coding}` is not supported; send the body uncompressed"),
+    ))
 }
 
 /// A `transfer-encoding` other than `chunked` alone: hyper decodes the chunks and would hand over
@@ -314,11 +332,20 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
 
 fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
     use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        // Which one a proxy in front would have checked is anyone's guess: one reading or none.
+        return Err(ApiError::invalid(
+            "the authorization header is given more than once; send it once",
+        ));
+    }
+    // `Bearer <token>`, the scheme name in any case (RFC 9110 section 11.1).
+    let given = first
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '))
         .unwrap_or("");
     // Compare digests so neither the content nor the length of the token leaks through timing.
     use sha2::{Digest, Sha256};

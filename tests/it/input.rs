@@ -874,3 +874,53 @@ async fn expect_100_continue_passes_through() {
     let next = read_answer(&mut stream, Duration::from_secs(30)).await;
     assert_eq!(next.expect("an answer").status, 200);
 }
+
+#[tokio::test]
+async fn the_authorization_header_has_one_reading() {
+    let d = TestDaemon::start().await;
+    let addr = d.addr;
+    let get = |auth: Vec<String>| async move {
+        let mut request = String::from("GET /v1/endpoints HTTP/1.1\r\nhost: x\r\n");
+        for a in auth {
+            request.push_str(&format!("authorization: {a}\r\n"));
+        }
+        request.push_str("\r\n");
+        exchange(addr, request.as_bytes()).await
+    };
+    // The scheme name in any case, as the contract says.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let got = get(vec![format!("{scheme} {}", d.token)]).await;
+        assert_eq!(got.status, 200, "{scheme}: {got:?}");
+    }
+    // Twice, even with the right token once: refused, whatever order.
+    for pair in [
+        vec![format!("Bearer {}", d.token), "Bearer wrong".to_string()],
+        vec!["Bearer wrong".to_string(), format!("Bearer {}", d.token)],
+        vec![format!("Bearer {}", d.token), format!("Bearer {}", d.token)],
+    ] {
+        let got = get(pair).await;
+        assert_eq!(got.status, 400, "{got:?}");
+        assert_eq!(got.code(), "invalid_request");
+    }
+    let got = get(vec![format!("Basic {}", d.token)]).await;
+    assert_eq!(got.status, 401, "{got:?}");
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_415() {
+    let d = TestDaemon::start().await;
+    let body = event("gz-1").to_string();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-encoding: gzip\r\ncontent-length: {}\r\n\r\n{body}",
+        d.token,
+        body.len()
+    );
+    let got = exchange(d.addr, request.as_bytes()).await;
+    assert_eq!(got.status, 415, "{got:?}");
+    assert_eq!(got.code(), "unsupported_content_encoding");
+    assert_eq!(d.client().total_events().await, 0);
+    let request = request.replace("content-encoding: gzip", "content-encoding: identity");
+    let got = exchange(d.addr, request.as_bytes()).await;
+    assert_eq!(got.status, 202, "{got:?}");
+}
