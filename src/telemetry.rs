@@ -14,9 +14,13 @@ use std::sync::atomic::AtomicI64;
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr redirected to a file on a full disk) is dropped.
+    // With internal errors on, tracing-subscriber reports it with `eprintln!`, which panics when
+    // stderr fails: the thread that logged (the store writer, reporting the full disk) would die.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match config.log.format {
         LogFormat::Json => builder
             .json()

@@ -354,9 +354,9 @@ async fn max_bytes_case(name: &str, max_mib: u64, fs_mib: u64) {
     daemon.stop().await;
 }
 
-/// The real binary on a filesystem that fills while events arrive, recovers in place once space is
-/// freed, and is then killed with SIGKILL: after a restart every acknowledged event is there, both
-/// those acknowledged before the disk filled and those acknowledged after the in-place reopen.
+/// The real binary on a filesystem that fills while events arrive (its log file included), recovers
+/// in place once space is freed, and is then killed with SIGKILL: after a restart every acknowledged
+/// event is there, both those acknowledged before the disk filled and those after the reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
     use crate::crash::{request, Daemon, Settings};
@@ -370,7 +370,10 @@ async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
         timeout: "5s",
         retry_schedule: r#"["300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms"]"#,
     };
-    let mut daemon = Daemon::start(fs.path(), settings).await;
+    // Its log (stderr) is on the small filesystem too: log lines that cannot be written must not
+    // stop the daemon (they once made the store writer panic, so it never recovered).
+    let home = fs.path().to_path_buf();
+    let mut daemon = Daemon::start(&home, settings).await;
     let c = daemon.client.clone();
     c.create_endpoint("p", "sandbox", &receiver.url("/hook"), &["bill.created"])
         .await;
@@ -420,15 +423,26 @@ async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     std::fs::remove_file(&filler).unwrap();
-    wait_until_async(Duration::from_secs(60), || async {
-        healthz(&c).await.0 == StatusCode::OK
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while healthz(&c).await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after space was freed; log:\n{}",
+            crate::crash::log_tail(&home)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after_reopen = count(&acked);
-    wait_until(Duration::from_secs(60), || {
-        count(&acked) >= after_reopen + 200
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&acked) < after_reopen + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest did not resume after the reopen ({} acknowledged since); log:\n{}",
+            count(&acked) - after_reopen,
+            crate::crash::log_tail(&home)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     daemon.kill9();
     stop.store(true, Ordering::Relaxed);
