@@ -673,6 +673,8 @@ async fn connections_over_the_cap_get_503_and_the_daemon_keeps_serving() {
 /// daemon from answering: the ones over the cap get 503 at once, and it serves again when they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_raises_its_open_files_limit_and_caps_connections() {
+    // This test holds hundreds of connections itself, beside the other tests' daemons.
+    let _ = rlimit::increase_nofile_limit(8192);
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
