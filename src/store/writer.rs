@@ -500,7 +500,16 @@ fn recover(state: &State, receiver: &mpsc::Receiver<Op>) -> bool {
             }
         }
         attempts += 1;
-        let result = probe(&state.dir).and_then(|()| super::reopen(state));
+        // A panic while opening (sled on a damaged file) must not end this thread: nothing would
+        // ever write again. It counts as a failed attempt.
+        let result = probe(&state.dir).and_then(|()| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::reopen(state)))
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "reopening the store panicked".into(),
+                    ))
+                })
+        });
         match result {
             Ok(()) => {
                 state.health.clear_fault();
