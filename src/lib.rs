@@ -50,10 +50,22 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error("cannot open the store: {0}")]
-    Store(#[from] store::StoreError),
+    #[error("cannot open the store in {}: {source}", dir.display())]
+    Store {
+        dir: std::path::PathBuf,
+        source: store::StoreError,
+    },
+    #[error("cannot flush the store to disk while stopping (changes acknowledged before are durable; later ones may be lost): {0}")]
+    Close(store::StoreError),
     #[error("cannot set up delivery: {0}")]
     Delivery(String),
+}
+
+impl RunError {
+    /// True when the store's data is damaged or unreadable: `serve` exits with 65 (EX_DATAERR).
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, RunError::Store { source, .. } if source.is_data_error())
+    }
 }
 
 /// Runs the daemon on `listener` until `shutdown` fires; returns once everything is flushed.
@@ -61,6 +73,16 @@ pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
+) -> Result<(), RunError> {
+    run_with(config, listener, shutdown, store::OpenOptions::default()).await
+}
+
+/// [`run`], with a choice of how a damaged store is treated (`serve --accept-data-loss`).
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    open: store::OpenOptions,
 ) -> Result<(), RunError> {
     // HTTP is served from the start: /healthz answers 503 until the store is open.
     let slot: api::StateSlot = Arc::default();
@@ -72,11 +94,11 @@ pub async fn run(
         config.clone(),
         http_shutdown,
     ));
-    let result = start_and_run(config, &slot, addr, shutdown).await;
+    let result = start_and_run(config, &slot, addr, shutdown, open).await;
     stop_http.fire();
     let _ = http.await;
     if let Some(state) = slot.get() {
-        state.store.close_async().await?;
+        state.store.close_async().await.map_err(RunError::Close)?;
     }
     tracing::info!("preflix-webhookd stopped");
     result
@@ -87,6 +109,7 @@ async fn start_and_run(
     slot: &api::StateSlot,
     addr: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
+    open: store::OpenOptions,
 ) -> Result<(), RunError> {
     let token = config::load_admin_token_from_process_env(&config)?;
     if token.generated {
@@ -102,10 +125,27 @@ async fn start_and_run(
     }
     let config = Arc::new(config);
     let dir = config.storage.dir.clone();
-    let store =
-        tokio::task::spawn_blocking(move || store::Store::open_with_keys(&dir, CACHE_BYTES, keys))
-            .await
-            .map_err(|e| RunError::Delivery(format!("store open task failed: {e}")))??;
+    let store = tokio::task::spawn_blocking(move || {
+        store::Store::open_checked(&dir, CACHE_BYTES, keys, open).map_err(|source| {
+            RunError::Store {
+                dir: dir.clone(),
+                source,
+            }
+        })
+    })
+    .await
+    .map_err(|e| RunError::Store {
+        dir: config.storage.dir.clone(),
+        source: store::StoreError::Corrupt(format!("opening it failed: {e}")),
+    })??;
+    if let Some(mark) = store.damage_mark() {
+        tracing::error!(
+            dir = %config.storage.dir.display(),
+            since = %mark.since,
+            detail = %mark.detail,
+            "this store was started damaged with --accept-data-loss; `preflix-webhookd check --clear-damage-mark` clears the mark"
+        );
+    }
     let metrics = Arc::new(telemetry::Metrics::default());
     let scheduler = delivery::Scheduler::new(store.clone(), config.clone(), metrics.clone())
         .map_err(RunError::Delivery)?;

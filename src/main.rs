@@ -16,6 +16,9 @@ use std::process::ExitCode;
 
 /// Exit code for a bad configuration (EX_CONFIG from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a damaged or unreadable store (EX_DATAERR from sysexits.h): `serve` refuses to
+/// start on it, `check` reports it.
+const EXIT_DATA: u8 = 65;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +38,19 @@ enum Command {
         /// Config file (TOML); also from PREFLIX_WEBHOOKD_CONFIG. Without one, every setting has its default.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Start even when the store is damaged (holds less than its watermark says), with what
+        /// survives: logged at error level and marked in /status until `check --clear-damage-mark`.
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
+    /// Check the stopped daemon's store: exit 0 when healthy, 65 with what is missing when damaged.
+    Check {
+        /// The daemon's config file: `storage.dir` says which store.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Remove the mark `serve --accept-data-loss` left (shown in /status), if the store is healthy now.
+        #[arg(long)]
+        clear_damage_mark: bool,
     },
     /// Rewrite the store (daemon stopped) to give the space of deleted records back to the filesystem.
     Compact {
@@ -87,7 +103,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve {
+            config,
+            accept_data_loss,
+        } => serve(config, accept_data_loss),
+        Command::Check {
+            config,
+            clear_damage_mark,
+        } => check(config, clear_damage_mark),
         Command::Compact { config } => compact(config),
         Command::Sign {
             secret,
@@ -163,7 +186,7 @@ fn admin(command: AdminCommand) -> ExitCode {
     }
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
+fn serve(path: Option<PathBuf>, accept_data_loss: bool) -> ExitCode {
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -193,7 +216,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
                 )
             })?;
         let shutdown = preflix_webhookd::shutdown::from_signals()?;
-        preflix_webhookd::run(config, listener, shutdown).await?;
+        let open = preflix_webhookd::store::OpenOptions { accept_data_loss };
+        preflix_webhookd::run_with(config, listener, shutdown, open).await?;
         Ok(())
     });
     match result {
@@ -204,9 +228,17 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             match e.downcast_ref::<preflix_webhookd::RunError>() {
                 Some(preflix_webhookd::RunError::Config(_)) => ExitCode::from(EXIT_CONFIG),
                 // No master key, or the wrong one, for a store with encrypted secrets.
-                Some(preflix_webhookd::RunError::Store(
-                    preflix_webhookd::store::StoreError::MasterKey(_),
-                )) => ExitCode::from(EXIT_CONFIG),
+                Some(preflix_webhookd::RunError::Store {
+                    source: preflix_webhookd::store::StoreError::MasterKey(_),
+                    ..
+                }) => ExitCode::from(EXIT_CONFIG),
+                Some(run) if run.is_data_error() => {
+                    eprintln!(
+                        "preflix-webhookd: `preflix-webhookd check` tells what is missing; restore a backup of the store, \
+                         or start with what survives with `preflix-webhookd serve --accept-data-loss`"
+                    );
+                    ExitCode::from(EXIT_DATA)
+                }
                 _ => ExitCode::FAILURE,
             }
         }
@@ -255,6 +287,52 @@ fn compact(path: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(path: Option<PathBuf>, clear_damage_mark: bool) -> ExitCode {
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("preflix-webhookd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let dir = &config.storage.dir;
+    let report = match preflix_webhookd::store::check(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "preflix-webhookd check: cannot check {} (is the daemon still running?): {e}",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    for note in &report.notes {
+        println!("{note}");
+    }
+    if !report.healthy() {
+        println!("the store in {} is DAMAGED:", dir.display());
+        for problem in &report.problems {
+            println!("  - {problem}");
+        }
+        println!(
+            "restore a backup, or start with what survives: preflix-webhookd serve --accept-data-loss"
+        );
+        return ExitCode::from(EXIT_DATA);
+    }
+    println!("the store in {} is healthy", dir.display());
+    if clear_damage_mark {
+        match preflix_webhookd::store::watermark::clear_damage_mark(dir) {
+            Ok(true) => println!("damage mark cleared"),
+            Ok(false) => println!("no damage mark to clear"),
+            Err(e) => {
+                eprintln!("preflix-webhookd check: cannot clear the damage mark: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn read_stdin() -> Vec<u8> {

@@ -96,7 +96,7 @@ impl From<StoreError> for ApiError {
                     "the store cannot be written at the moment; nothing was stored, retry shortly",
                 )
             }
-            StoreError::Corrupt(_) | StoreError::MasterKey(_) => {
+            StoreError::Corrupt(_) | StoreError::MasterKey(_) | StoreError::Damaged { .. } => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

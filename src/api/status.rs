@@ -91,7 +91,7 @@ pub fn status(state: &AppState) -> ApiResult {
         &json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": state.started.elapsed().as_secs(),
-            "storage": {"dir": state.store.dir().display().to_string(), "bytes": state.metrics.storage_bytes.get()},
+            "storage": storage_status(state),
             "queue": {
                 "pending": pending,
                 "in_flight": in_flight,
@@ -107,6 +107,16 @@ pub fn status(state: &AppState) -> ApiResult {
             "endpoints": endpoints,
         }),
     ))
+}
+
+/// `storage` in `/status`; `damaged` appears once a damaged store was started with
+/// `--accept-data-loss`, until `check --clear-damage-mark`.
+fn storage_status(state: &AppState) -> Value {
+    let mut storage = json!({"dir": state.store.dir().display().to_string(), "bytes": state.metrics.storage_bytes.get()});
+    if let Some(mark) = state.store.damage_mark() {
+        storage["damaged"] = json!({"since": mark.since, "detail": mark.detail});
+    }
+    storage
 }
 
 pub fn metrics(state: &AppState) -> Response<Body> {

@@ -179,7 +179,8 @@ pub fn classify(e: &StoreError) -> Option<Fault> {
         StoreError::Sled(_)
         | StoreError::Corrupt(_)
         | StoreError::Closed
-        | StoreError::MasterKey(_) => return None,
+        | StoreError::MasterKey(_)
+        | StoreError::Damaged { .. } => return None,
     };
     Some(if is_no_space(io) {
         Fault::Full

@@ -25,12 +25,16 @@
 //! database in [`State`], which only the writer replaces (it reopens sled after a write fault; see
 //! [`health`] and ARCHITECTURE.md, "Storage faults and limits").
 
+mod check;
 pub mod codec;
 pub mod health;
 mod idfilter;
 mod ops;
 pub mod sealing;
+pub mod watermark;
 mod writer;
+
+pub use check::{check, CheckReport};
 
 pub use ops::{DeliveryRefused, IngestOutcome, NewEvent, Redriven, SettleOutcome, Settlement};
 pub use sealing::{MasterKey, MasterKeys};
@@ -71,7 +75,33 @@ pub enum StoreError {
     /// A write or sync failed and the store is being reopened; retry shortly.
     #[error("the store cannot be written now: {0}")]
     Unavailable(String),
+    /// The store holds less than its watermark says it did (see [`watermark`]).
+    #[error("the store in {} is damaged: {}", dir.display(), missing.join("; "))]
+    Damaged { dir: PathBuf, missing: Vec<String> },
 }
+
+impl StoreError {
+    /// True when the stored data itself is damaged or unreadable (as opposed to the store being
+    /// busy, closed or the disk failing): the daemon refuses to start on it with exit code 65.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, StoreError::Damaged { .. } | StoreError::Corrupt(_))
+            || matches!(self, StoreError::Sled(sled::Error::Corruption { .. }))
+    }
+}
+
+/// How [`Store::open_with`] treats a damaged store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Start with what survives instead of refusing (`serve --accept-data-loss`): the loss is
+    /// logged at error level, recorded in `damaged.json` (shown by `/status`), and the watermark is
+    /// reset to what the store holds.
+    pub accept_data_loss: bool,
+}
+
+/// The `meta` key counting committed groups (see [`watermark`]).
+pub(crate) const COMMITS_KEY: &str = "commits";
+/// The `meta` key counting stored events (see [`watermark`]).
+pub(crate) const STORED_EVENTS_KEY: &str = "stored_events";
 
 /// The `meta` key prefix of an endpoint's pending count.
 const PENDING_PREFIX: &[u8] = b"pending/";
@@ -113,6 +143,8 @@ struct Inner {
     /// The thread filling the id filter with the ids stored before this start.
     id_scan: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop_id_scan: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the operator started this store damaged; kept until `check --clear-damage-mark`.
+    damage: Option<watermark::DamageMark>,
 }
 
 /// What the writer thread shares with readers. Lives as long as the store: when a write fails, the
@@ -139,6 +171,12 @@ pub(crate) struct State {
     pub health: health::StoreHealth,
     /// What endpoint secrets are sealed with when written; see [`sealing`].
     pub keys: MasterKeys,
+    /// Groups committed (`meta` `commits`), for the watermark.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Events stored (`meta` `stored_events`), for the watermark.
+    pub stored_events: std::sync::atomic::AtomicU64,
+    /// The watermark file, written by the syncer after each durable commit and at close.
+    watermark: Mutex<watermark::Watermark>,
 }
 
 /// sled's database and its trees, as one open of the store directory.
@@ -153,6 +191,8 @@ struct Loaded {
     counters: Counters,
     next_id: u64,
     endpoint_pending: std::collections::HashMap<u64, u64>,
+    commits: u64,
+    stored_events: u64,
 }
 
 impl State {
@@ -177,6 +217,10 @@ impl State {
             .expect("counters lock is never poisoned") = loaded.counters;
         self.next_id
             .store(loaded.next_id, std::sync::atomic::Ordering::Relaxed);
+        self.commits
+            .store(loaded.commits, std::sync::atomic::Ordering::Relaxed);
+        self.stored_events
+            .store(loaded.stored_events, std::sync::atomic::Ordering::Relaxed);
         *self
             .endpoint_pending
             .lock()
@@ -190,6 +234,30 @@ impl State {
             .write()
             .expect("sled slot lock is never poisoned")
             .take()
+    }
+
+    /// The figures the watermark keeps, as of the last commit.
+    pub(crate) fn mark(&self) -> watermark::Mark {
+        use std::sync::atomic::Ordering::Relaxed;
+        watermark::Mark {
+            commits: self.commits.load(Relaxed),
+            next_id: self.next_id.load(Relaxed),
+            events: self.stored_events.load(Relaxed),
+        }
+    }
+
+    /// Records `mark` in the watermark file, durably.
+    pub(crate) fn write_watermark(&self, mark: watermark::Mark) -> Result<(), StoreError> {
+        let mut wm = self
+            .watermark
+            .lock()
+            .expect("watermark lock is never poisoned");
+        wm.write(mark).map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                e.kind(),
+                format!("writing {}: {e}", wm.path().display()),
+            ))
+        })
     }
 
     /// Measures the store's size and the filesystem's free space for [`health`].
@@ -254,7 +322,11 @@ fn open_sled(
     cache_bytes: u64,
     keys: &MasterKeys,
 ) -> Result<(Sled, Loaded), StoreError> {
-    let db = open_db(dir, cache_bytes)?;
+    load_sled(trees_of(open_db(dir, cache_bytes)?)?, dir, keys)
+}
+
+/// The trees of an open database.
+fn trees_of(db: sled::Db) -> Result<Sled, StoreError> {
     let open = |name: &str| db.open_tree(name);
     let trees = Trees {
         events: open("events")?,
@@ -266,6 +338,12 @@ fn open_sled(
         dead_letters: open("dead_letters")?,
         meta: open("meta")?,
     };
+    Ok(Sled { db, trees })
+}
+
+/// Brings the layout of an open database to this version and reads what is kept in memory.
+fn load_sled(sled: Sled, dir: &Path, keys: &MasterKeys) -> Result<(Sled, Loaded), StoreError> {
+    let Sled { db, trees } = sled;
     match trees.meta.get("schema")? {
         None => {
             trees
@@ -297,11 +375,28 @@ fn open_sled(
         let num = codec::read_u64(&key[PENDING_PREFIX.len()..]);
         endpoint_pending.insert(num, codec::read_u64(&value));
     }
+    let commits = trees
+        .meta
+        .get(COMMITS_KEY)?
+        .map_or(0, |v| codec::read_u64(&v));
+    let stored_events = match trees.meta.get(STORED_EVENTS_KEY)? {
+        Some(v) => codec::read_u64(&v),
+        None => {
+            // A store from before the watermark (or one that never stored an event): count once.
+            let n = trees.events.len() as u64;
+            if n > 0 {
+                trees.meta.insert(STORED_EVENTS_KEY, &codec::u64_key(n))?;
+            }
+            n
+        }
+    };
     let loaded = Loaded {
         endpoints,
         counters,
         next_id,
         endpoint_pending,
+        commits,
+        stored_events,
     };
     Ok((Sled { db, trees }, loaded))
 }
@@ -337,8 +432,155 @@ impl Store {
         cache_bytes: u64,
         keys: MasterKeys,
     ) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)?;
-        let (sled, loaded) = open_sled(dir, cache_bytes, &keys)?;
+        Store::open_checked(dir, cache_bytes, keys, OpenOptions::default())
+    }
+
+    /// [`Store::open`], with a choice of how a damaged store is treated.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        options: OpenOptions,
+    ) -> Result<Store, StoreError> {
+        Store::open_checked(dir, cache_bytes, MasterKeys::default(), options)
+    }
+
+    /// [`Store::open_with_keys`], checking the store against its watermark (see [`watermark`]):
+    /// a damaged store is refused with [`StoreError::Damaged`] unless `options` accept the loss. A
+    /// panic inside sled while reading the store becomes [`StoreError::Corrupt`] naming it.
+    pub fn open_checked(
+        dir: &Path,
+        cache_bytes: u64,
+        keys: MasterKeys,
+        options: OpenOptions,
+    ) -> Result<Store, StoreError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(dir, cache_bytes, keys, options).map_err(|e| match e {
+                StoreError::Sled(sled::Error::Corruption { .. }) => StoreError::Corrupt(format!(
+                    "sled's data file in {} is damaged ({e})",
+                    dir.display()
+                )),
+                e => e,
+            })
+        }))
+        .unwrap_or_else(|panic| {
+            Err(StoreError::Corrupt(format!(
+                "sled failed while reading the store in {}: {}",
+                dir.display(),
+                panic_text(&*panic)
+            )))
+        })
+    }
+
+    fn open_inner(
+        dir: &Path,
+        cache_bytes: u64,
+        keys: MasterKeys,
+        options: OpenOptions,
+    ) -> Result<Store, StoreError> {
+        make_private_dir(dir)?;
+        let db_len = match std::fs::metadata(dir.join("db")) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        prepare_private_files(dir)?;
+        let db = if options.accept_data_loss {
+            match std::panic::catch_unwind(|| open_db(dir, cache_bytes)) {
+                Ok(Ok(db)) => db,
+                Ok(Err(e)) if !e.is_data_error() => return Err(e),
+                failed => {
+                    // sled's snapshot is an index of its log, written at open; after damage it
+                    // may point at what is gone. Without it sled rebuilds the index from the log.
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(panic) => panic_text(&*panic),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    tracing::error!(dir = %dir.display(), error = %why, "sled cannot read the damaged store; dropping its snapshot and reading its log again (--accept-data-loss)");
+                    remove_snapshots(dir)?;
+                    open_db(dir, cache_bytes)?
+                }
+            }
+        } else {
+            open_db(dir, cache_bytes)?
+        };
+        tighten_permissions(dir)?;
+        let sled = trees_of(db)?;
+        let schema = sled.trees.meta.get("schema")?;
+        let read_meta = |key: &str| -> Result<Option<u64>, StoreError> {
+            Ok(sled.trees.meta.get(key)?.map(|v| codec::read_u64(&v)))
+        };
+        let found = watermark::Mark {
+            commits: read_meta(COMMITS_KEY)?.unwrap_or(0),
+            next_id: read_meta("next_id")?.unwrap_or(0),
+            events: read_meta(STORED_EVENTS_KEY)?.unwrap_or(0),
+        };
+        let kept = watermark::read(dir);
+        let mut missing = Vec::new();
+        if schema.is_none() && db_len > 0 {
+            missing.push(format!(
+                "sled's data file is {db_len} bytes but holds no schema record (erased or overwritten)"
+            ));
+        }
+        match &kept {
+            Ok(Some(kept)) => missing.extend(found.missing_against(kept)),
+            Ok(None) => {}
+            Err(e) => missing.push(e.to_string()),
+        }
+        if !missing.is_empty() && !options.accept_data_loss {
+            // sled wrote a snapshot (an index of its log) of the damaged state while opening; a
+            // later open with --accept-data-loss reads the log again instead.
+            drop(sled);
+            let _ = remove_snapshots(dir);
+            return Err(StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                missing,
+            });
+        }
+        let upgraded = schema.is_some() && matches!(kept, Ok(None));
+        let (sled, loaded) = load_sled(sled, dir, &keys)?;
+        let mark = watermark::Mark {
+            commits: loaded.commits,
+            next_id: loaded.next_id,
+            events: loaded.stored_events,
+        };
+        let damage = if missing.is_empty() {
+            watermark::read_damage_mark(dir)?
+        } else {
+            let detail = missing.join("; ");
+            tracing::error!(
+                dir = %dir.display(),
+                "STARTING A DAMAGED STORE (--accept-data-loss): {detail}; continuing with what survives: {} events, ids up to {}",
+                mark.events,
+                mark.next_id
+            );
+            let since = crate::model::format_time(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            );
+            Some(watermark::write_damage_mark(
+                dir,
+                &watermark::DamageMark { since, detail },
+            )?)
+        };
+        let watermark = match kept {
+            Ok(Some(kept)) if missing.is_empty() => watermark::Watermark::open(dir, kept)?,
+            _ => {
+                // New, upgraded or accepted as damaged: the watermark starts from what is stored,
+                // once that is on stable storage.
+                sled.db.flush()?;
+                File::open(dir.join("db"))?.sync_all()?;
+                if upgraded {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        events = mark.events,
+                        "this store has no watermark (written by an older version): created one from the store as it is; damage done before this start cannot be detected"
+                    );
+                }
+                watermark::Watermark::create(dir, mark)?
+            }
+        };
         let state = Arc::new(State {
             sled: RwLock::new(Some(Arc::new(sled))),
             dir: dir.to_path_buf(),
@@ -351,6 +593,9 @@ impl Store {
             ids: Arc::new(idfilter::IdFilter::new()),
             health: health::StoreHealth::new(),
             keys,
+            commits: std::sync::atomic::AtomicU64::new(loaded.commits),
+            stored_events: std::sync::atomic::AtomicU64::new(loaded.stored_events),
+            watermark: Mutex::new(watermark),
         });
         state.measure();
         let writer = writer::start(state.clone(), dir)?;
@@ -368,8 +613,14 @@ impl Store {
                 writer,
                 id_scan: Mutex::new(Some(id_scan)),
                 stop_id_scan,
+                damage,
             }),
         })
+    }
+
+    /// Set when the store was started damaged with `--accept-data-loss`, until the operator clears it.
+    pub fn damage_mark(&self) -> Option<&watermark::DamageMark> {
+        self.inner.damage.as_ref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -467,6 +718,9 @@ impl Store {
         }
         self.inner.writer.stop();
         self.inner.state.sled()?.db.flush()?;
+        File::open(self.inner.dir.join("db"))?.sync_data()?;
+        self.inner.state.write_watermark(self.inner.state.mark())?;
+        tighten_permissions(&self.inner.dir)?;
         Ok(())
     }
 
@@ -747,8 +1001,10 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
     }
     let old = open(dir)?;
     let bytes_before = old.size_on_disk()?;
+    make_private_dir(&fresh)?;
+    prepare_private_files(&fresh)?;
     let new = open(&fresh)?;
-    new.import(old.export());
+    copy_trees(&old, &new)?;
     new.flush()?;
     File::open(fresh.join("db"))?.sync_all()?;
     let bytes_after = new.size_on_disk()?;
@@ -764,6 +1020,7 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
             File::open(fresh.join(&*name))?.sync_all()?;
         }
     }
+    tighten_permissions(&fresh)?;
     File::open(&fresh)?.sync_all()?;
     std::fs::rename(dir, &retired)?;
     std::fs::rename(&fresh, dir)?;
@@ -775,6 +1032,111 @@ pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
         bytes_before,
         bytes_after,
     })
+}
+
+/// How many bytes of records [`copy_trees`] puts in one batch.
+const COPY_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Copies every tree of `old` into the empty `new`, in key order, a large batch at a time.
+///
+/// Why not sled's `export`/`import`: sled appends every insert to its log as a page fragment,
+/// rewrites a leaf whole every few fragments and splits it at 16 entries, so a fresh database
+/// written one insert at a time holds its live data about four times over; and its garbage
+/// collector, which runs only in the background flusher (off here) and only for segments less than
+/// half live, never gets to it. That is how `compact` made stores bigger (issue 9: 29 → 55 MB).
+/// Large batches in key order write each leaf fewer times (measured on 5,000 events of 600 bytes:
+/// one insert at a time 16.2 MB, batches of 1,000 13.9 MB, whole trees 12.6 MB); see
+/// `compact_gives_space_back` in the integration tests for a store that lived.
+fn copy_trees(old: &sled::Db, new: &sled::Db) -> Result<(), StoreError> {
+    for name in old.tree_names() {
+        let from = old.open_tree(&name)?;
+        let to = new.open_tree(&name)?;
+        let mut batch = sled::Batch::default();
+        let mut bytes = 0;
+        for item in from.iter() {
+            let (key, value) = item?;
+            bytes += key.len() + value.len();
+            batch.insert(key, value);
+            if bytes >= COPY_BATCH_BYTES {
+                to.apply_batch(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        to.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// Creates the store directory (mode 0700 whatever the umask) or makes an existing one private.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates sled's data file and blob directory before sled does, so that they are private from
+/// the start (sled creates them with the process umask: 0644 outside systemd).
+fn prepare_private_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("db"))?;
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.join("blobs"))
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Makes every file in the store directory (and in `blobs/`) 0600 and its directories 0700: the
+/// store holds every endpoint's signing secret. Files sled creates later (blobs, snapshots) are
+/// tightened by the syncer and at close.
+pub(crate) fn tighten_permissions(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != want {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(want))?;
+        }
+        if meta.is_dir() {
+            tighten_permissions(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes sled's snapshot files (an index of its log, rebuilt from the log when missing).
+fn remove_snapshots(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Reads every endpoint, opening its secrets with `keys`, and rewrites in place (durably, before the
@@ -855,12 +1217,21 @@ fn scan_ids(state: &State, stop: &std::sync::atomic::AtomicBool) {
     let Ok(sled) = state.sled() else { return };
     let tree = sled.trees.event_ids.clone();
     drop(sled);
+    let mut last: Option<sled::IVec> = None;
     for key in tree.iter().keys() {
         if stop.load(std::sync::atomic::Ordering::Relaxed) || state.health.fault().is_some() {
             return;
         }
         match key {
-            Ok(key) => state.ids.insert(&key),
+            Ok(key) if last.as_ref().is_some_and(|l| *l >= key) => {
+                // A damaged tree can send sled's iterator round in circles.
+                tracing::error!("the store's event ids come out of order: it is damaged (run `preflix-webhookd check`); ingest looks every id up");
+                return;
+            }
+            Ok(key) => {
+                state.ids.insert(&key);
+                last = Some(key);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the event ids failed; ingest looks every id up");
                 return;

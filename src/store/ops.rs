@@ -497,6 +497,7 @@ fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
     tx.put(TreeId::EventIds, ev.id.as_bytes(), &rec)?;
     tx.note_event_id(&ev.id);
     tx.counters().events += 1;
+    tx.events_stored_delta(1);
     Ok(IngestOutcome::Accepted { deliveries })
 }
 
@@ -777,7 +778,9 @@ fn purge(
         for &dseq in deliveries {
             tx.remove(TreeId::Deliveries, &pair_key(*event_seq, dseq))?;
         }
-        tx.remove(TreeId::Events, &u64_key(*event_seq))?;
+        if tx.remove_existing(TreeId::Events, &u64_key(*event_seq))? {
+            tx.events_stored_delta(-1);
+        }
         tx.remove(TreeId::EventIds, id.as_bytes())?;
         purged += 1;
     }

@@ -337,3 +337,125 @@ fn a_write_fault_reopens_the_store_in_place() {
     assert!(store.event_by_id("evt_b").unwrap().is_some());
     store.close().unwrap();
 }
+
+/// Damages sled's data file of a closed store three of the four ways of issue 9.
+pub(crate) fn damage(db: &std::path::Path, how: &str) {
+    use std::os::unix::fs::FileExt;
+    let len = std::fs::metadata(db).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(db)
+        .unwrap();
+    match how {
+        "half" => f.set_len(len / 2).unwrap(),
+        "zeros" => f.write_all_at(&vec![0; len as usize], 0).unwrap(),
+        "empty" => f.set_len(0).unwrap(),
+        other => panic!("no damage called {other}"),
+    }
+    f.sync_all().unwrap();
+}
+
+/// A closed store with one endpoint and 5,000 events.
+fn filled_store(dir: &std::path::Path) {
+    use super::NewEvent;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = Store::open(dir, 16 << 20).unwrap();
+    rt.block_on(async {
+        store.create_endpoint(endpoint()).await.unwrap();
+        for b in 0..100 {
+            let evs = (0..50)
+                .map(|i| NewEvent {
+                    id: format!("evt_{b}_{i}"),
+                    partner_id: "acme-health".into(),
+                    environment: Environment::Production,
+                    event_type: "audit.completed".into(),
+                    created_at: "2026-01-15T19:04:12Z".into(),
+                    received_at_ms: 1000,
+                    payload: vec![b'x'; 600],
+                    content_hash: [1; 32],
+                    only_endpoint: None,
+                })
+                .collect();
+            store.ingest(evs).await.unwrap();
+        }
+    });
+    store.close().unwrap();
+}
+
+#[test]
+fn a_damaged_store_is_refused_reported_and_can_be_accepted() {
+    // sled finishes writing (its snapshot) in background threads a moment after a close; in one
+    // process the next open must not race them (separate processes, as in production, need not wait).
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A flipped byte: tests/it/integrity.rs, with the binary (sled's threads outlive a close in one
+    // process and race a reopen of a damaged log).
+    for how in ["half", "zeros", "empty"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("db");
+        filled_store(&dir);
+        assert!(
+            super::check(&dir).unwrap().healthy(),
+            "{how}: healthy before"
+        );
+        damage(&dir.join("db"), how);
+        let err = match Store::open(&dir, 16 << 20) {
+            Err(e) => e,
+            Ok(s) => {
+                let events = s.events_from(0, 10_000).map(|e| e.len());
+                panic!("{how}: a damaged store opened ({events:?} events readable)")
+            }
+        };
+        assert!(err.is_data_error(), "{how}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(&dir.display().to_string()), "{how}: {text}");
+        settle();
+        let report = super::check(&dir).unwrap();
+        assert!(!report.healthy(), "{how}: check says healthy: {report:?}");
+        settle();
+        // The operator accepts the loss: the store opens, marked, and opens again without the flag.
+        let store = Store::open_with(
+            &dir,
+            16 << 20,
+            super::OpenOptions {
+                accept_data_loss: true,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert!(store.damage_mark().is_some(), "{how}");
+        store.close().unwrap();
+        drop(store);
+        settle();
+        let store = Store::open(&dir, 16 << 20).unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert!(store.damage_mark().is_some(), "{how}: the mark stays");
+        store.close().unwrap();
+        drop(store);
+        settle();
+        let report = super::check(&dir).unwrap();
+        assert!(report.healthy(), "{how}: {report:?}");
+        settle();
+        assert!(super::watermark::clear_damage_mark(&dir).unwrap());
+        let store = Store::open(&dir, 16 << 20).unwrap();
+        assert!(store.damage_mark().is_none(), "{how}: cleared");
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn a_store_without_a_watermark_gets_one_from_what_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("db");
+    filled_store(&dir);
+    std::fs::remove_file(dir.join(super::watermark::FILE)).unwrap();
+    let store = Store::open(&dir, 16 << 20).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let mark = super::watermark::read(&dir).unwrap().unwrap();
+    assert_eq!(mark.events, 5000);
+    // From now on, damage is caught.
+    damage(&dir.join("db"), "half");
+    assert!(Store::open(&dir, 16 << 20).is_err());
+}

@@ -6,10 +6,14 @@
 //! so when nothing more is queued, or when the oldest has waited `MAX_UNFLUSHED`, because `flush` holds
 //! sled's global lock in shared mode and a transaction needs it alone, so one flush after several
 //! commits costs less than one after each. The syncer thread then `fdatasync`s sled's data file and any
-//! new blob file, and only then answers; meanwhile the writer already commits the next group.
+//! new blob file, then records the store's figures in the watermark (`pwrite` + `fdatasync`, see
+//! [`super::watermark`]), and only then answers; meanwhile the writer already commits the next group.
+//! Every group also counts itself in `meta` (`commits`), and the events it stores or removes
+//! (`stored_events`), in the same transaction.
 
 use super::codec::Record;
 use super::health::{self, Fault};
+use super::watermark::Mark;
 use super::{Counters, State, StoreError};
 use crate::model::Endpoint;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -18,6 +22,7 @@ use std::any::Any;
 use std::cell::{RefCell, RefMut};
 use std::collections::HashSet;
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -79,6 +84,18 @@ impl Tx<'_> {
         self.count(key.len() + value.len());
         self.trees[tree as usize].insert(key, value)?;
         Ok(())
+    }
+
+    /// Removes the record; true if there was one.
+    pub fn remove_existing(&self, tree: TreeId, key: &[u8]) -> TxResult<bool> {
+        self.count(key.len());
+        Ok(self.trees[tree as usize].remove(key)?.is_some())
+    }
+
+    /// Notes that this change stores `delta` more events (negative: fewer), for the count the
+    /// watermark keeps (see [`super::watermark`]).
+    pub fn events_stored_delta(&self, delta: i64) {
+        self.effects.borrow_mut().events_delta += delta;
     }
 
     pub fn remove(&self, tree: TreeId, key: &[u8]) -> TxResult<()> {
@@ -285,6 +302,8 @@ struct Effects {
     pending: std::collections::HashMap<u64, i64>,
     /// The last number handed out by [`Tx::generate_id`].
     next_id: u64,
+    /// Events stored minus events removed by this group.
+    events_delta: i64,
     wake: bool,
     /// Logical bytes written (keys, values, framing), for the size estimate.
     bytes: u64,
@@ -320,6 +339,8 @@ pub(super) fn start(state: Arc<State>, dir: &Path) -> Result<WriterHandle, Store
 /// Committed durable changes waiting for their answer, and whether sled's `flush` of them worked.
 struct Flushed {
     flush: Result<(), StoreError>,
+    /// The store's figures as of the last commit the flush covers: the watermark once synced.
+    mark: Mark,
     waiting: Vec<(Reply, Box<dyn Any + Send>)>,
 }
 
@@ -422,12 +443,17 @@ fn writer_loop(state: &State, receiver: &mpsc::Receiver<Op>, sync_tx: &mpsc::Sen
                 }
             }
         }
+        let mark = state.mark();
         let flush = state.sled().and_then(|s| Ok(s.db.flush().map(drop)?));
         if let Err(e) = &flush {
             note_fault(state, e);
         }
         let waiting = std::mem::take(&mut unflushed);
-        if let Err(mpsc::SendError(lost)) = sync_tx.send(Flushed { flush, waiting }) {
+        if let Err(mpsc::SendError(lost)) = sync_tx.send(Flushed {
+            flush,
+            mark,
+            waiting,
+        }) {
             for (reply, _) in lost.waiting {
                 reply(Err(StoreError::Closed));
             }
@@ -600,12 +626,17 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         .lock()
         .expect("counters lock is never poisoned");
     let committed_id = state.next_id.load(std::sync::atomic::Ordering::Relaxed);
+    let committed_commits = state.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let committed_events = state
+        .stored_events
+        .load(std::sync::atomic::Ordering::Relaxed);
     let effects = RefCell::new(Effects {
         counters: committed,
         upserted_endpoints: Vec::new(),
         removed_endpoints: HashSet::new(),
         pending: std::collections::HashMap::new(),
         next_id: committed_id,
+        events_delta: 0,
         wake: false,
         bytes: 0,
     });
@@ -620,6 +651,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
             fx.removed_endpoints.clear();
             fx.pending.clear();
             fx.next_id = committed_id;
+            fx.events_delta = 0;
             fx.wake = false;
             fx.bytes = 0;
         }
@@ -665,6 +697,19 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
         if next_id != committed_id {
             t[TreeId::Meta as usize].insert("next_id", &super::codec::u64_key(next_id))?;
         }
+        // The figures the watermark checks: every group counts, and the events stored.
+        let meta = &t[TreeId::Meta as usize];
+        meta.insert(
+            super::COMMITS_KEY,
+            &super::codec::u64_key(committed_commits + 1),
+        )?;
+        let events_delta = effects.borrow().events_delta;
+        if events_delta != 0 {
+            meta.insert(
+                super::STORED_EVENTS_KEY,
+                &super::codec::u64_key(committed_events.saturating_add_signed(events_delta)),
+            )?;
+        }
         Ok(out)
     });
     let results = match result {
@@ -682,6 +727,13 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
     state
         .next_id
         .store(fx.next_id, std::sync::atomic::Ordering::Relaxed);
+    state
+        .commits
+        .store(committed_commits + 1, std::sync::atomic::Ordering::Relaxed);
+    state.stored_events.store(
+        committed_events.saturating_add_signed(fx.events_delta),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if !fx.upserted_endpoints.is_empty() || !fx.removed_endpoints.is_empty() {
         let mut cache = state
             .endpoints
@@ -724,7 +776,19 @@ fn syncer_loop(state: &State, data_file: &File, blobs: &Path, receiver: &mpsc::R
         while let Ok(more) = receiver.try_recv() {
             batches.push(more);
         }
-        let outcome = sync(data_file, blobs, &mut synced_blobs);
+        let mut outcome = sync(data_file, blobs, &mut synced_blobs);
+        // Only once sled's files are on stable storage may the watermark say so; and only once the
+        // watermark says so is the change acknowledged. The newest flush that worked counts.
+        if outcome.is_ok() {
+            let newest = batches
+                .iter()
+                .filter(|b| b.flush.is_ok())
+                .map(|b| b.mark)
+                .max_by_key(|m| m.commits);
+            if let Some(mark) = newest {
+                outcome = state.write_watermark(mark);
+            }
+        }
         if let Err(e) = &outcome {
             // After a failed fsync the kernel may have dropped the pages: only a reopen tells.
             note_fault(state, e);
@@ -771,7 +835,11 @@ fn sync(
         let path = entry?.path();
         if !synced_blobs.contains(&path) {
             match File::open(&path) {
-                Ok(f) => f.sync_data()?,
+                Ok(f) => {
+                    // sled creates blobs with the process umask; they hold payloads and secrets.
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    f.sync_data()?;
+                }
                 // sled removes blobs that are no longer referenced; a vanished one needs no sync.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),

@@ -8,6 +8,7 @@ mod diskfull;
 mod fairness;
 mod input;
 mod intake;
+mod integrity;
 mod operate;
 mod partition;
 mod partner;
