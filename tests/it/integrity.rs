@@ -458,7 +458,7 @@ async fn compact_gives_space_back_and_keeps_everything() {
         }
     };
 
-    // Phase 1: 3,000 events delivered, then purged by retention.
+    // Phase 1: 1,000 events delivered, then purged by retention.
     let (child, client) = start("1s").await;
     client
         .create_endpoint(
@@ -468,19 +468,20 @@ async fn compact_gives_space_back_and_keeps_everything() {
             &["audit.completed"],
         )
         .await;
-    post(client.clone(), "evt_gone_", "audit.completed", 3000).await;
-    ok.wait_for(3000, Duration::from_secs(120)).await;
+    post(client.clone(), "evt_gone_", "audit.completed", 1000).await;
+    ok.wait_for(1000, Duration::from_secs(120)).await;
     wait_until_async(Duration::from_secs(60), || {
         let client = client.clone();
         async move {
-            client.get("/v1/events/evt_gone_002999").await.0 == StatusCode::NOT_FOUND
+            client.get("/v1/events/evt_gone_000999").await.0 == StatusCode::NOT_FOUND
                 && client.get("/v1/events/evt_gone_000000").await.0 == StatusCode::NOT_FOUND
         }
     })
     .await;
     stop(child);
 
-    // Phase 2: kept events (delivered), dead letters, pending deliveries.
+    // Phase 2: most of the store: kept events (delivered), dead letters, pending deliveries. sled's
+    // `import` made such a store bigger (issue 9: 29 → 55 MB on 20,000 delivered events).
     let (child, client) = start("30d").await;
     client
         .create_endpoint(
@@ -498,10 +499,10 @@ async fn compact_gives_space_back_and_keeps_everything() {
         )
         .await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    post(client.clone(), "evt_kept_", "audit.completed", 1000).await;
+    post(client.clone(), "evt_kept_", "audit.completed", 5000).await;
     post(client.clone(), "evt_dead_", "dispute.status_changed", 20).await;
     post(client.clone(), "evt_slow_", "bill.created", 100).await;
-    ok.wait_for(3000 + 1000, Duration::from_secs(120)).await;
+    ok.wait_for(1000 + 5000, Duration::from_secs(180)).await;
     wait_until_async(Duration::from_secs(60), || {
         let client = client.clone();
         async move { client.get("/status").await.1["dead_letters"] == json!(20) }
@@ -524,13 +525,13 @@ async fn compact_gives_space_back_and_keeps_everything() {
     let after = sled_bytes(&store);
     eprintln!("compact: {before} bytes of sled files before, {after} after");
     assert!(
-        after < before * 3 / 4,
+        after < before * 2 / 3,
         "compact must give space back: {before} bytes before, {after} after"
     );
 
     // Everything is still there.
     let (child, client) = start("30d").await;
-    let (code, event) = client.get("/v1/events/evt_kept_000500").await;
+    let (code, event) = client.get("/v1/events/evt_kept_004500").await;
     assert_eq!(code, StatusCode::OK, "{event}");
     assert_eq!(event["deliveries"][0]["status"], "succeeded", "{event}");
     assert_eq!(
