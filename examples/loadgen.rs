@@ -112,6 +112,10 @@ struct Args {
     /// Worker threads of the load generator's own runtimes (client, receiver), each.
     #[arg(long, default_value_t = 2)]
     lg_threads: usize,
+    /// fairness: the phases to run, comma-separated (alone, silent, silent+slow+failing, 3-failing);
+    /// default all.
+    #[arg(long)]
+    phases: Option<String>,
     /// Run the client and the receiver on the daemon's runtime instead of their own (their CPU
     /// time is then not told apart from the daemon's).
     #[arg(long)]
@@ -1503,22 +1507,21 @@ async fn fairness(args: &Args) -> Result<Figures> {
         max_in_flight()
     );
     let mut f = Figures::new();
-    fairness_phase(args, "alone", &[], &mut f).await?;
-    fairness_phase(args, "silent", &[Bad::Silent], &mut f).await?;
-    fairness_phase(
-        args,
-        "silent+slow+failing",
-        &[Bad::Silent, Bad::Slow, Bad::Failing],
-        &mut f,
-    )
-    .await?;
-    fairness_phase(
-        args,
-        "3-failing",
-        &[Bad::Failing, Bad::Failing, Bad::Failing],
-        &mut f,
-    )
-    .await?;
+    let phases: [(&str, &[Bad]); 4] = [
+        ("alone", &[]),
+        ("silent", &[Bad::Silent]),
+        (
+            "silent+slow+failing",
+            &[Bad::Silent, Bad::Slow, Bad::Failing],
+        ),
+        ("3-failing", &[Bad::Failing, Bad::Failing, Bad::Failing]),
+    ];
+    let wanted: Option<Vec<&str>> = args.phases.as_deref().map(|p| p.split(',').collect());
+    for (name, bad) in phases {
+        if wanted.as_ref().is_none_or(|w| w.contains(&name)) {
+            fairness_phase(args, name, bad, &mut f).await?;
+        }
+    }
     Ok(f)
 }
 
