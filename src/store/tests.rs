@@ -459,3 +459,56 @@ fn a_store_without_a_watermark_gets_one_from_what_it_holds() {
     damage(&dir.join("db"), "half");
     assert!(Store::open(&dir, 16 << 20).is_err());
 }
+
+/// A retry's queue entry carries the retry mark (the scheduler keeps retries out of its reserve of
+/// slots for first attempts); a first attempt's does not, and switching `ordered` keeps the mark.
+#[test]
+fn a_retry_is_marked_in_the_queue_and_keeps_its_mark_when_requeued() {
+    use super::{SettleOutcome, Settlement};
+    use crate::model::Attempt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let ep = rt.block_on(store.create_endpoint(endpoint())).unwrap();
+    rt.block_on(store.ingest(vec![new_event("evt_r", 1)]))
+        .unwrap();
+    let first = store.first_queue_entry(ep.num, 0).unwrap().expect("queued");
+    assert!(!first.retry, "a first attempt is not marked");
+
+    let event = store.event(first.delivery.event_seq).unwrap().unwrap();
+    let as_read = store
+        .delivery_of(&event, first.delivery.seq)
+        .unwrap()
+        .unwrap();
+    rt.block_on(store.settle(Settlement {
+        delivery: first.delivery,
+        as_read,
+        attempt: Attempt {
+            n: 1,
+            at_ms: 1_000,
+            status_code: Some(500),
+            duration_ms: 1,
+            error: None,
+            response_snippet: None,
+        },
+        outcome: SettleOutcome::Retry { at_ms: 5_000 },
+        disable_after_ms: u64::MAX / 2,
+    }))
+    .unwrap();
+    let retry = store.first_queue_entry(ep.num, 0).unwrap().expect("queued");
+    assert_eq!((retry.delivery, retry.due_ms), (first.delivery, 5_000));
+    assert!(retry.retry, "a retry is marked");
+
+    rt.block_on(store.update_endpoint(ep.num, |e| e.ordered = true))
+        .unwrap();
+    let ordered = store.first_queue_entry(ep.num, 0).unwrap().expect("queued");
+    assert_eq!((ordered.sort, ordered.due_ms), (0, 5_000));
+    assert!(
+        ordered.retry,
+        "the mark survives the rewrite into the ordered form"
+    );
+    store.close().unwrap();
+}
