@@ -504,7 +504,7 @@ impl Store {
         } else {
             open_db(dir, cache_bytes)?
         };
-        tighten_permissions(dir)?;
+        keep_private(dir);
         let sled = trees_of(db)?;
         let schema = sled.trees.meta.get("schema")?;
         let read_meta = |key: &str| -> Result<Option<u64>, StoreError> {
@@ -720,7 +720,7 @@ impl Store {
         self.inner.state.sled()?.db.flush()?;
         File::open(self.inner.dir.join("db"))?.sync_data()?;
         self.inner.state.write_watermark(self.inner.state.mark())?;
-        tighten_permissions(&self.inner.dir)?;
+        keep_private(&self.inner.dir);
         Ok(())
     }
 
@@ -1074,7 +1074,10 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the store directory private (0700)");
+    }
+    Ok(())
 }
 
 /// Creates sled's data file and blob directory before sled does, so that they are private from
@@ -1093,6 +1096,14 @@ fn prepare_private_files(dir: &Path) -> std::io::Result<()> {
     {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// [`tighten_permissions`], with a warning instead of an error when it fails (a store on a
+/// filesystem without Unix modes, or owned by another user, still opens).
+fn keep_private(dir: &Path) {
+    if let Err(e) = tighten_permissions(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the store's files private (0600); they hold every endpoint's signing secret");
     }
 }
 
