@@ -1244,7 +1244,7 @@ fn scan_ids(state: &State, stop: &std::sync::atomic::AtomicBool) {
                 last = Some(key);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "reading the event ids failed; ingest looks every id up");
+                tracing::error!(error = %e, dir = %state.dir.display(), "reading the event ids failed: the store may be damaged (stop the daemon and run `preflix-webhookd check`); ingest looks every id up");
                 return;
             }
         }
