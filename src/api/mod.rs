@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+/// The largest request head (request line and headers) taken; past it: `431 headers_too_large`.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
+
 /// What every request handler can reach.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -193,6 +196,9 @@ pub async fn serve(listener: TcpListener, slot: StateSlot, config: Config, shutd
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive(true)
+            // hyper's own buffer limit is not exact (one read may take in a whole head past it);
+            // this one is checked after every parse, so the head limit holds whatever the timing.
+            .max_header_size(MAX_HEAD_BYTES)
             .header_read_timeout(config.http.header_timeout + Duration::from_secs(5))
             .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
