@@ -1237,9 +1237,13 @@ fn read_token(path: &Path, key: &'static str) -> Result<Option<AdminToken>, Conf
         reason,
     };
     if token.is_empty() {
-        return Err(invalid(
-            "is empty; write a token into it, or delete it to have one generated",
-        ));
+        // Only the token under `storage.dir` is ever generated: a configured or credential file
+        // that is missing stays an error, so deleting it would not help.
+        return Err(invalid(if key == "storage.dir" {
+            "is empty; write a token into it, or delete it to have one generated"
+        } else {
+            "is empty; write a token into it"
+        }));
     }
     if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
         return Err(invalid(

@@ -591,6 +591,8 @@ fn token_file_comes_first_and_must_exist() {
         message.contains("server.token_file") && message.contains("is empty"),
         "{message}"
     );
+    // A configured token file is never generated, so the message must not suggest deleting it.
+    assert!(!message.contains("generated"), "{message}");
 
     fs::write(&token_file, "two words").unwrap();
     assert!(load_admin_token(&config, &env).is_err());
@@ -607,6 +609,13 @@ fn an_empty_storage_token_is_an_error_not_replaced() {
     fs::write(dir.path().join("admin.token"), "").unwrap();
     let error = load_admin_token(&config_with_dir(dir.path()), &no_env).unwrap_err();
     assert_eq!(error.key(), Some("storage.dir"));
+    // This one is generated when missing, so deleting it is a way out.
+    assert!(
+        error
+            .to_string()
+            .contains("delete it to have one generated"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -249,6 +249,42 @@ fn missing_config_file_exits_64() {
     );
 }
 
+/// An empty `server.token_file` stops start-up with exit 64 and one message, said once, that does
+/// not suggest deleting the file: a configured token file is never generated.
+#[test]
+fn an_empty_configured_token_file_is_refused_once_without_a_false_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("operator.token");
+    std::fs::write(&token, "\n").unwrap();
+    let file = dir.path().join("webhookd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n\n[storage]\ndir = {:?}\n",
+            token.display().to_string(),
+            dir.path().join("db").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut cmd = command(dir.path());
+    cmd.arg("serve").arg("--config").arg(&file);
+    let (status, output) = Running::spawn(cmd).wait(TIMEOUT);
+    assert_eq!(status.code(), Some(EXIT_CONFIG), "{output}");
+    let output = plain(&output);
+    assert_eq!(
+        output
+            .matches("operator.token (from server.token_file) is empty")
+            .count(),
+        1,
+        "the error is said exactly once:\n{output}"
+    );
+    assert!(
+        !output.contains("generated"),
+        "a configured token file is never generated:\n{output}"
+    );
+    assert!(!token.with_file_name("db").join("admin.token").exists());
+}
+
 /// A config for a real start: store under `dir`, any free port, debug logs.
 fn good_config(dir: &Path) -> String {
     format!(
