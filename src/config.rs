@@ -43,6 +43,27 @@ pub struct Config {
     /// Deadlines and connection limits of the HTTP interface. Not config keys (the contract has
     /// none for them): fixed defaults, documented in the README, that tests shorten.
     pub http: HttpLimits,
+    /// Levers for tests only; not config keys, and left at their defaults by the daemon.
+    #[doc(hidden)]
+    pub test_hooks: TestHooks,
+}
+
+/// Levers integration tests pull to put the daemon in states that are hard to reach otherwise.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct TestHooks {
+    /// While true, the scheduler's loop stands still (claims nothing, does not go round), as a
+    /// stalled scheduler would.
+    pub pause_scheduler: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Replaces the scheduler watchdog interval (`WATCHDOG_USEC`, else 30 s) that `/healthz` uses.
+    pub scheduler_watchdog: Option<Duration>,
+}
+
+/// Hooks never make two configs differ.
+impl PartialEq for TestHooks {
+    fn eq(&self, _: &TestHooks) -> bool {
+        true
+    }
 }
 
 /// How long a client may take to send a request, and how many connections are served at once.
@@ -1061,6 +1082,7 @@ impl Convert {
             retention,
             log,
             http: HttpLimits::default(),
+            test_hooks: TestHooks::default(),
         })
     }
 

@@ -146,6 +146,15 @@ async fn start_and_run(
             "this store was started damaged with --accept-data-loss; `preflix-webhookd check --clear-damage-mark` clears the mark"
         );
     }
+    let notifier = notify::Notifier::from_env();
+    // /healthz holds the scheduler to the same interval as systemd's watchdog (at least 2 s: the
+    // scheduler's own pace is one round a second).
+    let scheduler_watchdog = config
+        .test_hooks
+        .scheduler_watchdog
+        .or(notifier.watchdog_interval())
+        .unwrap_or(api::DEFAULT_SCHEDULER_WATCHDOG)
+        .max(Duration::from_secs(2));
     let metrics = Arc::new(telemetry::Metrics::default());
     let scheduler = delivery::Scheduler::new(store.clone(), config.clone(), metrics.clone())
         .map_err(RunError::Delivery)?;
@@ -156,6 +165,7 @@ async fn start_and_run(
         metrics,
         token: token.token,
         started: Instant::now(),
+        scheduler_watchdog,
         ready: AtomicBool::new(false),
     });
     // Backpressure holds from the first request, not from the first housekeeping round.
@@ -163,7 +173,6 @@ async fn start_and_run(
     let _ = slot.set(state.clone());
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
-    let notifier = notify::Notifier::from_env();
     let watchdog = tokio::spawn(watchdog(notifier.clone(), state.clone(), shutdown.clone()));
     state.ready.store(true, Ordering::SeqCst);
     notifier.send("READY=1");
@@ -199,11 +208,18 @@ async fn watchdog(notifier: notify::Notifier, state: Arc<AppState>, shutdown: Sh
     }
 }
 
-/// Background upkeep: storage size for backpressure and metrics, and retention.
+/// Background upkeep: storage size for backpressure and metrics, the oldest pending delivery for
+/// `/status` and `/metrics`, and retention.
 async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
     let mut last_purge = Instant::now();
     loop {
         update_storage_figures(&state);
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.refresh_oldest_pending()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot find the oldest pending delivery"),
+            Err(e) => tracing::warn!(error = %e, "finding the oldest pending delivery failed"),
+        }
         if last_purge.elapsed() >= state.config.retention.interval {
             last_purge = Instant::now();
             purge(&state).await;

@@ -1,4 +1,4 @@
-//! Logs (tracing, text or JSON) and metrics (Prometheus text format). Labels are fixed small sets: no ids, no URLs.
+//! Logs (tracing, text or JSON) and metrics (Prometheus text format or OpenMetrics). Labels are fixed small sets: no ids, no URLs.
 
 use crate::config::{Config, LogFormat};
 use crate::store::Counters;
@@ -31,6 +31,17 @@ pub fn init_logging(config: &Config) {
     };
     // A second call (tests start several daemons in one process) keeps the first subscriber.
     drop(result);
+}
+
+/// The figures read at the moment of a scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub in_flight: usize,
+    /// Attempts under way of deliveries that failed before (left out of `retrying`).
+    pub retrying_in_flight: usize,
+    pub oldest_pending_age_seconds: f64,
+    pub scheduler_idle_seconds: f64,
 }
 
 /// The metrics the daemon keeps as it works; the store's counters are added when rendering.
@@ -67,9 +78,11 @@ impl Metrics {
         self.attempt_seconds.observe(seconds);
     }
 
-    /// The Prometheus text exposition of everything.
-    /// `retrying_in_flight`: attempts under way of deliveries that failed before (left out of `retrying`).
-    pub fn render(&self, c: &Counters, in_flight: usize, retrying_in_flight: usize) -> String {
+    /// The OpenMetrics exposition of everything ([`to_prometheus_text`] gives the classic format).
+    pub fn render(&self, now: &Snapshot) -> String {
+        let c = &now.counters;
+        let in_flight = now.in_flight;
+        let retrying_in_flight = now.retrying_in_flight;
         let mut r = Registry::with_prefix("preflix_webhookd");
         r.register(
             "events_received",
@@ -140,8 +153,117 @@ impl Metrics {
             "Bytes the store occupies on disk",
             self.storage_bytes.clone(),
         );
+        r.register(
+            "oldest_pending_age_seconds",
+            "Seconds since the oldest pending delivery became pending (0 when none is)",
+            ConstGauge::new(now.oldest_pending_age_seconds),
+        );
+        r.register(
+            "scheduler_last_run_age_seconds",
+            "Seconds since the scheduler last went round its loop (it does at least once a second)",
+            ConstGauge::new(now.scheduler_idle_seconds),
+        );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String does not fail");
         out
+    }
+}
+
+/// Rewrites an OpenMetrics exposition in the Prometheus text format 0.0.4: a counter's `# HELP`
+/// and `# TYPE` name it with its `_total` suffix, as its samples are, and there is no `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
+        match meta {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let name = rest.split(' ').next().unwrap_or("");
+                if counters.contains(name) {
+                    out.push_str(prefix);
+                    out.push_str(name);
+                    out.push_str("_total");
+                    out.push_str(&rest[name.len()..]);
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every family in both formats, with the two ages; counters named as the classic format wants.
+    #[test]
+    fn both_formats() {
+        let m = Metrics::default();
+        m.events_received.inc();
+        m.record_attempt(Some(500), 0.01);
+        let om = m.render(&Snapshot {
+            counters: Counters::default(),
+            in_flight: 0,
+            retrying_in_flight: 0,
+            oldest_pending_age_seconds: 12.5,
+            scheduler_idle_seconds: 0.25,
+        });
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(
+            om.contains("# TYPE preflix_webhookd_events_received counter\n"),
+            "{om}"
+        );
+        assert!(
+            om.contains("preflix_webhookd_oldest_pending_age_seconds 12.5\n"),
+            "{om}"
+        );
+        assert!(
+            om.contains("preflix_webhookd_scheduler_last_run_age_seconds 0.25\n"),
+            "{om}"
+        );
+        let text = to_prometheus_text(&om);
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("# TYPE preflix_webhookd_events_received_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP preflix_webhookd_events_received_total Events"),
+            "{text}"
+        );
+        assert!(
+            text.contains("preflix_webhookd_events_received_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE preflix_webhookd_attempts_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE preflix_webhookd_attempt_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE preflix_webhookd_oldest_pending_age_seconds gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("preflix_webhookd_oldest_pending_age_seconds 12.5\n"),
+            "{text}"
+        );
     }
 }

@@ -37,11 +37,18 @@ pub struct AppState {
     /// The admin token every path but `/healthz` requires.
     pub token: String,
     pub started: Instant,
+    /// How long the scheduler may go without a round before `/healthz` says it is stalled: systemd's
+    /// watchdog interval (`WATCHDOG_USEC`) when one is set, else [`DEFAULT_SCHEDULER_WATCHDOG`].
+    pub scheduler_watchdog: Duration,
     /// False while starting and once stopping: `/healthz` answers 503 then, and new requests get `shutting_down`.
     pub ready: AtomicBool,
 }
 
 pub type Body = Full<Bytes>;
+
+/// The scheduler watchdog interval `/healthz` uses when systemd sets none. The scheduler goes round
+/// at least once a second; 30 s tolerates a stalled disk or a busy machine without flapping.
+pub const DEFAULT_SCHEDULER_WATCHDOG: Duration = Duration::from_secs(30);
 
 /// An error as the client sees it: a status, a stable code and a sentence.
 #[derive(Debug)]
@@ -327,7 +334,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
         }
         (&Method::DELETE, ["v1", "dead-letters", id]) => dead_letters::delete(state, id).await,
         (&Method::GET, ["status"]) => status::status(state),
-        (&Method::GET, ["metrics"]) => Ok(status::metrics(state)),
+        (&Method::GET, ["metrics"]) => Ok(status::metrics(state, req.headers())),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

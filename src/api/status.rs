@@ -4,14 +4,18 @@ use super::{json, now_ms, ApiResult, AppState, Body};
 use crate::catalog;
 use crate::model::{endpoint_id, format_time};
 use crate::store::health::Fault;
+use crate::telemetry::{self, Snapshot};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
-/// `ok` (200) while the daemon runs and its store takes writes; 503 with the reason otherwise.
+/// `ok` (200) while the daemon can do its job; 503 with the reason when it cannot: starting or
+/// stopping, the store cannot be written, or the scheduler has not gone round for longer than its
+/// watchdog interval.
 pub fn healthz(state: &AppState) -> Response<Body> {
+    let idle = scheduler_idle_ms(state);
     let (status, text) = if !state.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable".to_string())
     } else if let Some((fault, detail)) = state.store.fault() {
@@ -22,6 +26,16 @@ pub fn healthz(state: &AppState) -> Response<Body> {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{what} ({detail})"),
+        )
+    } else if idle > state.scheduler_watchdog.as_millis() as u64 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "scheduler_stalled: the scheduler has not run for {:.1} s (watchdog interval {} s); \
+                 deliveries are not being attempted",
+                idle as f64 / 1000.0,
+                state.scheduler_watchdog.as_secs_f64()
+            ),
         )
     } else {
         (StatusCode::OK, "ok".to_string())
@@ -36,6 +50,25 @@ pub fn healthz(state: &AppState) -> Response<Body> {
             .insert(header::RETRY_AFTER, http::HeaderValue::from(5u32));
     }
     resp
+}
+
+/// Milliseconds since the scheduler last went round its loop (since start, before its first round).
+fn scheduler_idle_ms(state: &AppState) -> u64 {
+    let beat = state.scheduler.heartbeat_ms();
+    if beat == 0 {
+        return state.started.elapsed().as_millis() as u64;
+    }
+    now_ms().saturating_sub(beat)
+}
+
+/// Seconds since the oldest pending delivery (attempts under way included) became pending; `None`
+/// when nothing is pending. Read from what the store keeps (see `store::oldest`): no scan.
+fn oldest_pending_age_ms(state: &AppState, now: u64) -> Option<u64> {
+    if state.store.counters().pending == 0 {
+        return None;
+    }
+    // Pending since the last refresh (at most a second ago) and not seen yet: it is that young.
+    Some(now.saturating_sub(state.store.oldest_pending_since().unwrap_or(now)))
 }
 
 pub fn event_types() -> Response<Body> {
@@ -82,10 +115,7 @@ pub fn status(state: &AppState) -> ApiResult {
             "pending": state.scheduler.endpoint_pending(ep.num),
         }));
     }
-    let oldest = state
-        .scheduler
-        .oldest_due_ms()
-        .map(|due| now.saturating_sub(due) / 1000);
+    let oldest = oldest_pending_age_ms(state, now).map(|ms| ms / 1000);
     Ok(json(
         StatusCode::OK,
         &json!({
@@ -119,24 +149,57 @@ fn storage_status(state: &AppState) -> Value {
     storage
 }
 
-pub fn metrics(state: &AppState) -> Response<Body> {
-    let text = state.metrics.render(
-        &state.store.counters(),
-        state.scheduler.in_flight_count(),
-        state.scheduler.retrying_in_flight_count(),
-    );
+/// The Prometheus text format (0.0.4), or OpenMetrics when the scraper's `accept` asks for it.
+pub fn metrics(state: &AppState, headers: &http::HeaderMap) -> Response<Body> {
+    let now = now_ms();
+    let text = state.metrics.render(&Snapshot {
+        counters: state.store.counters(),
+        in_flight: state.scheduler.in_flight_count(),
+        retrying_in_flight: state.scheduler.retrying_in_flight_count(),
+        oldest_pending_age_seconds: oldest_pending_age_ms(state, now).unwrap_or(0) as f64 / 1000.0,
+        scheduler_idle_seconds: scheduler_idle_ms(state) as f64 / 1000.0,
+    });
+    let (content_type, text) = if wants_openmetrics(headers) {
+        (OPENMETRICS_CONTENT_TYPE, text)
+    } else {
+        (
+            PROMETHEUS_CONTENT_TYPE,
+            telemetry::to_prometheus_text(&text),
+        )
+    };
     Response::builder()
         .status(StatusCode::OK)
-        .header(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
+        .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(text)))
         .expect("valid response")
 }
 
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// True when `accept` lists `application/openmetrics-text` with a quality above 0.
+fn wants_openmetrics(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q")
+                        && v.trim().parse::<f64>().is_ok_and(|q| q <= 0.0)
+                })
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::wants_openmetrics;
     use crate::api::{error_response, ApiError};
     use crate::store::StoreError;
     use http::StatusCode;
@@ -183,5 +246,21 @@ mod tests {
                 .map(|v| v.to_str().unwrap());
             assert_eq!(header, retry_after, "{code}");
         }
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        let accept = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::ACCEPT, v.parse().unwrap());
+            wants_openmetrics(&h)
+        };
+        // What Prometheus sends when it prefers OpenMetrics.
+        assert!(accept("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"));
+        assert!(accept("Application/OpenMetrics-Text"));
+        assert!(!accept("text/plain;version=0.0.4"));
+        assert!(!accept("*/*"));
+        assert!(!accept("application/openmetrics-text;q=0, text/plain"));
+        assert!(!wants_openmetrics(&http::HeaderMap::new()));
     }
 }

@@ -152,6 +152,7 @@ fn a_file_with_every_key_parses() {
             format: LogFormat::Json,
         },
         http: Default::default(),
+        test_hooks: Default::default(),
     };
     assert_eq!(config, expected);
     assert_eq!(config.attempts_per_delivery(), 3);

@@ -138,17 +138,6 @@ impl SchedulerHandle {
         pending.saturating_sub(u64::from(running))
     }
 
-    /// The due time of the oldest waiting delivery, looking at the head of each endpoint's queue.
-    pub fn oldest_due_ms(&self) -> Option<u64> {
-        let store = self.shared.store.get()?;
-        store
-            .endpoints()
-            .iter()
-            .filter_map(|ep| store.first_queue_entry(ep.num, 0).ok().flatten())
-            .map(|e| e.due_ms)
-            .min()
-    }
-
     /// When the scheduler last went round its loop, unix ms.
     pub fn heartbeat_ms(&self) -> u64 {
         self.shared.heartbeat_ms.load(Ordering::Relaxed)
@@ -202,6 +191,17 @@ impl Scheduler {
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
         loop {
+            if this
+                .config
+                .test_hooks
+                .pause_scheduler
+                .load(Ordering::Relaxed)
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    _ = shutdown.wait() => break,
+                }
+            }
             this.handle
                 .shared
                 .heartbeat_ms

@@ -29,6 +29,7 @@ mod check;
 pub mod codec;
 pub mod health;
 mod idfilter;
+mod oldest;
 mod ops;
 pub mod sealing;
 pub mod watermark;
@@ -145,6 +146,8 @@ struct Inner {
     stop_id_scan: Arc<std::sync::atomic::AtomicBool>,
     /// Set when the operator started this store damaged; kept until `check --clear-damage-mark`.
     damage: Option<watermark::DamageMark>,
+    /// The oldest pending delivery, as of the last refresh; see [`oldest`].
+    oldest: oldest::Tracker,
 }
 
 /// What the writer thread shares with readers. Lives as long as the store: when a write fails, the
@@ -614,6 +617,7 @@ impl Store {
                 id_scan: Mutex::new(Some(id_scan)),
                 stop_id_scan,
                 damage,
+                oldest: oldest::Tracker::default(),
             }),
         })
     }

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod diskfull;
 mod fairness;
+mod health;
 mod input;
 mod intake;
 mod integrity;
