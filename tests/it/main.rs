@@ -13,6 +13,7 @@ mod integrity;
 mod operate;
 mod partition;
 mod partner;
+mod readme;
 mod secrets;
 mod smoke;
 mod soak;

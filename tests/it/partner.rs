@@ -295,7 +295,7 @@ async fn the_verifier_accepts_a_delivery_captured_from_a_running_daemon() {
 ///
 /// `cargo test --all-targets` builds examples but `cargo test --test it` does not, so the
 /// first call runs `cargo build --example receiver` (a no-op when it is up to date).
-fn receiver_example() -> PathBuf {
+pub(crate) fn receiver_example() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
