@@ -9,8 +9,7 @@ use preflix_webhookd::config::Config;
 use serde_json::json;
 use sha2::Sha256;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -245,45 +244,6 @@ async fn run_to_error(config: Config) -> String {
     result.expect_err("the daemon started").to_string()
 }
 
-/// The real binary with `config` (TOML text) in `dir`: its exit code and output. It must exit by itself.
-fn serve(dir: &Path, config: &str) -> (Option<i32>, String) {
-    let file = dir.join("config.toml");
-    std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .current_dir(dir)
-        .env_remove("PREFLIX_WEBHOOKD_CONFIG")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the daemon started: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 /// A store with encrypted secrets started without its key, with the wrong key, or with a key
 /// file of the wrong size: the real binary exits 64 with a message that says what to do, before
 /// serving anything.
@@ -331,7 +291,7 @@ async fn a_missing_wrong_or_malformed_key_stops_the_binary() {
         ),
     ];
     for (config, says) in cases {
-        let (code, output) = serve(keys.path(), &config);
+        let (code, output) = serve_to_exit(keys.path(), &config);
         assert_eq!(code, Some(64), "{config}\n{output}");
         for s in says {
             assert!(output.contains(s), "`{s}` missing from: {output}");

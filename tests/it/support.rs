@@ -11,7 +11,8 @@ use preflix_webhookd::shutdown::{Shutdown, Trigger};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -531,3 +532,43 @@ impl TestReceiver {
 }
 
 // ---- end of helpers for issue 3 ----
+
+/// The real binary run as `serve` with `config` (TOML text, written into `dir`): its exit code and
+/// output. It must exit by itself within 30 s (a start-up refusal); if it starts serving, this panics.
+pub fn serve_to_exit(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let file = dir.join("config.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .current_dir(dir)
+        .env_remove("PREFLIX_WEBHOOKD_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the daemon started: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}

@@ -13,8 +13,6 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -255,45 +253,6 @@ async fn expired_wrong_name_and_untrusted_certificates_fail_the_attempt() {
     assert_eq!(status["dead_letters"], 3, "{status}");
 }
 
-/// The real binary with `config` (TOML text): its exit code and output. It must exit by itself.
-fn serve(dir: &Path, config: &str) -> (Option<i32>, String) {
-    let file = dir.join("config.toml");
-    std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .current_dir(dir)
-        .env_remove("PREFLIX_WEBHOOKD_CONFIG")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env_remove("STATE_DIRECTORY")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the daemon started: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
 #[test]
 fn a_missing_unreadable_or_empty_extra_roots_file_stops_start_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +272,7 @@ fn a_missing_unreadable_or_empty_extra_roots_file_stops_start_up() {
             dir.path().join("db").display().to_string(),
             path.display().to_string()
         );
-        let (code, output) = serve(dir.path(), &config);
+        let (code, output) = serve_to_exit(dir.path(), &config);
         assert_eq!(code, Some(64), "{config}\n{output}");
         assert!(
             output.contains("delivery.extra_roots_file") && output.contains(says),
