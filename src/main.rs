@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit code for a bad configuration (EX_CONFIG from sysexits.h).
+/// Exit code for a bad configuration, as the contract sets it (EX_USAGE in sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code for a damaged or unreadable store (EX_DATAERR from sysexits.h): `serve` refuses to
 /// start on it, `check` reports it.

@@ -27,13 +27,20 @@
 
 mod check;
 pub mod codec;
+mod compact;
+mod files;
 pub mod health;
 mod idfilter;
+mod migrate;
 mod oldest;
 mod ops;
 pub mod sealing;
 pub mod watermark;
 mod writer;
+
+pub use compact::{compact, Compacted};
+use files::{keep_private, make_private_dir, prepare_private_files, remove_snapshots};
+use migrate::migrate_from_1;
 
 pub use check::{check, CheckReport};
 
@@ -970,181 +977,6 @@ impl Store {
     }
 }
 
-/// What [`compact`] did: the store's size on disk before and after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compacted {
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-}
-
-/// Rewrites the store in `dir` into a fresh directory and swaps it in, giving back the space of
-/// deleted records (sled never returns it to the filesystem). The daemon must be stopped: sled's
-/// lock on the data file makes this fail while it runs. Files that are not sled's (the generated
-/// admin token) move along.
-pub fn compact(dir: &Path) -> Result<Compacted, StoreError> {
-    let fresh = dir.with_extension("compacting");
-    let retired = dir.with_extension("before-compact");
-    for leftover in [&fresh, &retired] {
-        if leftover.exists() {
-            std::fs::remove_dir_all(leftover)?;
-        }
-    }
-    let open = |path: &Path| {
-        sled::Config::new()
-            .path(path)
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-    };
-    if !dir.join("db").exists() {
-        return Err(StoreError::Corrupt(format!(
-            "{} holds no store",
-            dir.display()
-        )));
-    }
-    let old = open(dir)?;
-    let bytes_before = old.size_on_disk()?;
-    make_private_dir(&fresh)?;
-    prepare_private_files(&fresh)?;
-    let new = open(&fresh)?;
-    copy_trees(&old, &new)?;
-    new.flush()?;
-    File::open(fresh.join("db"))?.sync_all()?;
-    let bytes_after = new.size_on_disk()?;
-    drop(new);
-    drop(old);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let sleds = name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap.");
-        if !sleds && entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), fresh.join(&*name))?;
-            File::open(fresh.join(&*name))?.sync_all()?;
-        }
-    }
-    tighten_permissions(&fresh)?;
-    File::open(&fresh)?.sync_all()?;
-    std::fs::rename(dir, &retired)?;
-    std::fs::rename(&fresh, dir)?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)?.sync_all()?;
-    }
-    std::fs::remove_dir_all(&retired)?;
-    Ok(Compacted {
-        bytes_before,
-        bytes_after,
-    })
-}
-
-/// How many bytes of records [`copy_trees`] puts in one batch.
-const COPY_BATCH_BYTES: usize = 64 * 1024 * 1024;
-
-/// Copies every tree of `old` into the empty `new`, in key order, a large batch at a time.
-///
-/// Why not sled's `export`/`import`: sled appends every insert to its log as a page fragment,
-/// rewrites a leaf whole every few fragments and splits it at 16 entries, so a fresh database
-/// written one insert at a time holds its live data about four times over; and its garbage
-/// collector, which runs only in the background flusher (off here) and only for segments less than
-/// half live, never gets to it. That is how `compact` made stores bigger (issue 9: 29 → 55 MB).
-/// Large batches in key order write each leaf fewer times (measured on 5,000 events of 600 bytes:
-/// one insert at a time 16.2 MB, batches of 1,000 13.9 MB, whole trees 12.6 MB); see
-/// `compact_gives_space_back` in the integration tests for a store that lived.
-fn copy_trees(old: &sled::Db, new: &sled::Db) -> Result<(), StoreError> {
-    for name in old.tree_names() {
-        let from = old.open_tree(&name)?;
-        let to = new.open_tree(&name)?;
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0;
-        for item in from.iter() {
-            let (key, value) = item?;
-            bytes += key.len() + value.len();
-            batch.insert(key, value);
-            if bytes >= COPY_BATCH_BYTES {
-                to.apply_batch(std::mem::take(&mut batch))?;
-                bytes = 0;
-            }
-        }
-        to.apply_batch(batch)?;
-    }
-    Ok(())
-}
-
-/// Creates the store directory (mode 0700 whatever the umask) or makes an existing one private.
-fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the store directory private (0700)");
-    }
-    Ok(())
-}
-
-/// Creates sled's data file and blob directory before sled does, so that they are private from
-/// the start (sled creates them with the process umask: 0644 outside systemd).
-fn prepare_private_files(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join("db"))?;
-    match std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir.join("blobs"))
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// [`tighten_permissions`], with a warning instead of an error when it fails (a store on a
-/// filesystem without Unix modes, or owned by another user, still opens).
-fn keep_private(dir: &Path) {
-    if let Err(e) = tighten_permissions(dir) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the store's files private (0600); they hold every endpoint's signing secret");
-    }
-}
-
-/// Makes every file in the store directory (and in `blobs/`) 0600 and its directories 0700: the
-/// store holds every endpoint's signing secret. Files sled creates later (blobs, snapshots) are
-/// tightened by the syncer and at close.
-pub(crate) fn tighten_permissions(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let want = if meta.is_dir() { 0o700 } else { 0o600 };
-        if meta.permissions().mode() & 0o777 != want {
-            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(want))?;
-        }
-        if meta.is_dir() {
-            tighten_permissions(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes sled's snapshot files (an index of its log, rebuilt from the log when missing).
-fn remove_snapshots(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with("snap.") {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    File::open(dir)?.sync_all()
-}
-
 /// The message of a caught panic.
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -1276,59 +1108,6 @@ pub(crate) fn initial_delivery(event: &Event, seq: u64) -> Option<Delivery> {
         .map(|&(seq, endpoint_num)| {
             Delivery::initial(event.seq, event.received_at_ms, seq, endpoint_num)
         })
-}
-
-/// Brings a version 1 store to version 2, in place. Every step can run again after a crash: a
-/// queue value of 8 bytes and a delivery key of 8 bytes are the old forms, and each is rewritten
-/// (new form written, then the old one removed) until none is left.
-fn migrate_from_1(db: &sled::Db, trees: &Trees, dir: &Path) -> Result<(), StoreError> {
-    tracing::info!("migrating the store from schema version 1 to 2 (about 20 s per million pending deliveries)");
-    let progress = |step: &str, n: usize| {
-        if n > 0 && n % 100_000 == 0 {
-            tracing::info!(step, done = n, "migrating the store");
-        }
-    };
-    // Queue entries first: they find their event through the old delivery records.
-    for (n, item) in trees.queue.iter().enumerate() {
-        progress("queue entries", n);
-        let (key, value) = item?;
-        if value.len() != 8 {
-            continue;
-        }
-        let (_, _, seq) = codec::split_queue_key(&key);
-        let event_seq = match trees.deliveries.get(codec::u64_key(seq))? {
-            Some(v) => Delivery::decode(&v)?.event_seq,
-            None => {
-                // A queue entry without its delivery cannot be attempted; version 1 never left one.
-                trees.queue.remove(&key)?;
-                continue;
-            }
-        };
-        trees.queue.insert(
-            &key,
-            &codec::queue_value(codec::read_u64(&value), event_seq),
-        )?;
-    }
-    for (n, item) in trees.deliveries.iter().enumerate() {
-        progress("deliveries", n);
-        let (key, value) = item?;
-        if key.len() != 8 {
-            continue;
-        }
-        let d = Delivery::decode(&value)?;
-        trees
-            .deliveries
-            .insert(codec::pair_key(d.event_seq, d.seq), value)?;
-        trees.deliveries.remove(&key)?;
-    }
-    db.drop_tree("event_deliveries")?;
-    trees
-        .meta
-        .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
-    db.flush()?;
-    File::open(dir.join("db"))?.sync_all()?;
-    tracing::info!("store migrated to schema version 2");
-    Ok(())
 }
 
 fn get<T: Record>(tree: &sled::Tree, seq: u64) -> Result<Option<T>, StoreError> {
