@@ -141,6 +141,8 @@ pub struct EndpointHealth {
     pub last_failure_at_ms: Option<u64>,
     /// First failure after the last success: `endpoints.disable_after` counts from here.
     pub failing_since_ms: Option<u64>,
+    /// What the last failed attempt got: `HTTP 503`, or why there was no response.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,6 +101,16 @@ pub fn status(state: &AppState) -> ApiResult {
         } else {
             "healthy"
         };
+        let pending = state.scheduler.endpoint_pending(ep.num);
+        // The head of its queue: the earliest due (the only one that may go, when ordered).
+        let next_attempt_at = if pending > 0 {
+            state
+                .store
+                .first_queue_entry(ep.num, 0)?
+                .map(|e| format_time(e.due_ms))
+        } else {
+            None
+        };
         endpoints.push(json!({
             "id": endpoint_id(ep.num),
             "partner_id": ep.partner_id,
@@ -112,7 +122,11 @@ pub fn status(state: &AppState) -> ApiResult {
             "last_status_code": h.last_status_code,
             "last_success_at": h.last_success_at_ms.map(format_time),
             "last_failure_at": h.last_failure_at_ms.map(format_time),
-            "pending": state.scheduler.endpoint_pending(ep.num),
+            "pending": pending,
+            // Not in the contract's example; added for operators (the CLI's relative times).
+            "failing_since": h.failing_since_ms.filter(|_| h.consecutive_failures > 0).map(format_time),
+            "last_error": h.last_error,
+            "next_attempt_at": next_attempt_at,
         }));
     }
     let oldest = oldest_pending_age_ms(state, now).map(|ms| ms / 1000);

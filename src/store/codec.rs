@@ -209,8 +209,32 @@ impl EndpointV1 {
     }
 }
 impl Record for EndpointHealth {
-    const VERSION: u8 = 1;
+    /// 2 added `last_error`.
+    const VERSION: u8 = 2;
     const NAME: &'static str = "endpoint health";
+
+    fn decode_older(version: u8, rest: &[u8]) -> Option<Result<Self, StoreError>> {
+        (version == 1).then(|| {
+            deserialize_as::<EndpointHealthV1>("endpoint health", rest).map(|h| EndpointHealth {
+                consecutive_failures: h.consecutive_failures,
+                last_status_code: h.last_status_code,
+                last_success_at_ms: h.last_success_at_ms,
+                last_failure_at_ms: h.last_failure_at_ms,
+                failing_since_ms: h.failing_since_ms,
+                last_error: None,
+            })
+        })
+    }
+}
+
+/// An endpoint's health as version 1 stored it, without the last error.
+#[derive(serde::Deserialize)]
+struct EndpointHealthV1 {
+    consecutive_failures: u32,
+    last_status_code: Option<u16>,
+    last_success_at_ms: Option<u64>,
+    last_failure_at_ms: Option<u64>,
+    failing_since_ms: Option<u64>,
 }
 impl Record for Delivery {
     const VERSION: u8 = 1;
@@ -458,6 +482,7 @@ mod tests {
             last_success_at_ms: None,
             last_failure_at_ms: Some(10),
             failing_since_ms: Some(8),
+            last_error: None,
         };
         let dl = DeadLetter {
             seq: 1,
@@ -471,15 +496,19 @@ mod tests {
             dead_at_ms: 2,
             reason: DeadReason::RetriesExhausted,
         };
-        let all = format!(
-            "{}\n{}\n{}\n",
-            hex(&id.encode()),
-            hex(&health.encode()),
-            hex(&dl.encode())
-        );
+        let golden = include_str!("../../tests/fixtures/golden/small.v1.hex");
+        let lines: Vec<&str> = golden.lines().collect();
+        assert_eq!(lines[0], hex(&id.encode()));
+        assert_eq!(lines[2], hex(&dl.encode()));
+        // Health version 1 (without the last error) still reads.
+        assert_eq!(EndpointHealth::decode(&unhex(lines[1])).unwrap(), health);
+        let health = EndpointHealth {
+            last_error: Some("connection refused".into()),
+            ..health
+        };
         assert_eq!(
-            all,
-            include_str!("../../tests/fixtures/golden/small.v1.hex")
+            format!("{}\n", hex(&health.encode())),
+            include_str!("../../tests/fixtures/golden/health.v2.hex")
         );
         assert_eq!(EventIdRecord::decode(&id.encode()).unwrap(), id);
         assert_eq!(EndpointHealth::decode(&health.encode()).unwrap(), health);

@@ -622,6 +622,13 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         .get(TreeId::Health, &u64_key(ep.num))?
         .unwrap_or_default();
     health.last_status_code = s.attempt.status_code;
+    if s.outcome != SettleOutcome::Succeeded {
+        health.last_error = Some(match (&s.attempt.error, s.attempt.status_code) {
+            (Some(error), _) => error.clone(),
+            (None, Some(code)) => format!("HTTP {code}"),
+            (None, None) => "no response".to_string(),
+        });
+    }
     let mut disable = None;
     match s.outcome {
         SettleOutcome::Succeeded => {

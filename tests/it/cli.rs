@@ -400,3 +400,88 @@ fn write_config(dir: &Path, server_keys: &str) -> PathBuf {
     std::fs::write(&path, format!("[server]\n{server_keys}")).unwrap();
     path
 }
+
+/// `status` and `dead-letters list` against a failing endpoint and a dead letter: relative times,
+/// the last error in words, and no line wider than 100 columns, even with long ids and URLs.
+#[tokio::test]
+async fn status_and_dead_letters_say_when_and_why_in_100_columns() {
+    let failing = TestReceiver::start().await;
+    failing.set_default(Answer::status(503));
+    let gone = TestReceiver::start().await;
+    gone.set_default(Answer::status(410));
+    let daemon =
+        TestDaemon::start_with(|c| c.retry.schedule = vec![Duration::from_secs(3600)]).await;
+    let c = daemon.client();
+    let long_path = format!("/{}", "very-long-path-segment/".repeat(6));
+    let ep = c
+        .create_endpoint(
+            "a-partner-with-a-rather-long-name",
+            "production",
+            &failing.url(&long_path),
+            &["*"],
+        )
+        .await;
+    let id = ep["id"].as_str().unwrap().to_string();
+    c.create_endpoint("gone", "sandbox", &gone.url("/"), &["*"])
+        .await;
+    c.post_event(
+        "a-partner-with-a-rather-long-name",
+        "production",
+        "evt_waits_for_its_retry",
+        "bill.created",
+        json!({}),
+    )
+    .await;
+    c.post_event("gone", "sandbox", "evt_dies", "bill.created", json!({}))
+        .await;
+    failing.wait_for(1, Duration::from_secs(20)).await;
+    wait_until_async(Duration::from_secs(20), || async {
+        c.get("/status").await.1["dead_letters"] == 1
+    })
+    .await;
+
+    let run = admin(&daemon, &["status"]).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    for line in run.stdout.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}\n{run}"
+        );
+    }
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let row = lines
+        .iter()
+        .position(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("no line for {id}: {run}"));
+    // Retry in an hour: "in 59m 59s", "in 59m 58s", ... or "in 1h" right at the start.
+    assert!(lines[row].contains("failing for "), "{run}");
+    assert!(
+        lines[row].contains(" in 59m") || lines[row].contains(" in 1h"),
+        "{run}"
+    );
+    assert!(
+        lines[row + 1].starts_with("    last error: HTTP 503 (1 failure in a row, the last "),
+        "{run}"
+    );
+    assert!(lines[row + 1].ends_with(" ago)"), "{run}");
+
+    let run = admin(&daemon, &["dead-letters", "list"]).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    for line in run.stdout.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}\n{run}"
+        );
+    }
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("dl_"))
+        .unwrap_or_else(|| panic!("no dead letter: {run}"));
+    assert!(row.contains("evt_dies") && row.ends_with("s ago"), "{run}");
+    assert!(
+        run.stdout
+            .contains("    bill.created, endpoint gone; last error: HTTP 410"),
+        "{run}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The admin commands' readable output.
 
 use super::*;
+use crate::model::parse_time;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -61,7 +62,15 @@ pub(crate) fn render(command: &AdminCommand, v: &Value) -> String {
     }
 }
 
+/// The widest line the admin commands print: a terminal of 100 columns shows them whole.
+pub(crate) const MAX_WIDTH: usize = 100;
+
 pub(crate) fn render_status(v: &Value) -> String {
+    render_status_at(v, now_ms())
+}
+
+/// `status` as of `now` (unix ms): times relative to it.
+pub(crate) fn render_status_at(v: &Value, now: u64) -> String {
     let mut s = String::new();
     let q = &v["queue"];
     let _ = writeln!(
@@ -113,36 +122,86 @@ pub(crate) fn render_status(v: &Value) -> String {
     s.push('\n');
     if endpoints.is_empty() {
         s.push_str("no endpoints registered\n");
-        return s;
+        return fit(&s);
     }
-    let rows: Vec<Vec<String>> = endpoints
+    let rows: Vec<(Vec<String>, Option<String>)> = endpoints
         .iter()
         .map(|e| {
-            vec![
+            let failures = e["consecutive_failures"].as_u64().unwrap_or(0);
+            let health = match (text(&e["health"]).as_str(), since(&e["failing_since"], now)) {
+                ("failing", Some(ago)) => format!("failing for {ago}"),
+                (health, _) => health.to_owned(),
+            };
+            let pending = e["pending"].as_u64().unwrap_or(0);
+            let next = match e["next_attempt_at"].as_str().and_then(parse_time) {
+                Some(_) if pending == 0 => "-".to_owned(),
+                Some(at) if at > now => format!("in {}", duration((at - now) / 1000)),
+                Some(_) => "now".to_owned(),
+                None => "-".to_owned(),
+            };
+            let note = (failures > 0).then(|| {
+                let error = match (e["last_error"].as_str(), e["last_status_code"].as_u64()) {
+                    (Some(error), _) => clean(error),
+                    (None, Some(code)) => format!("HTTP {code}"),
+                    (None, None) => "unknown".to_owned(),
+                };
+                let last = since(&e["last_failure_at"], now)
+                    .map(|ago| format!(", the last {ago} ago"))
+                    .unwrap_or_default();
+                format!(
+                    "    last error: {error} ({failures} {} in a row{last})",
+                    plural(failures, "failure", "failures")
+                )
+            });
+            let cells = vec![
                 text(&e["id"]),
-                format!("{}/{}", text(&e["partner_id"]), text(&e["environment"])),
-                text(&e["health"]),
-                text(&e["consecutive_failures"]),
-                text(&e["last_status_code"]),
-                text(&e["pending"]),
+                shorten(
+                    &format!("{}/{}", text(&e["partner_id"]), text(&e["environment"])),
+                    28,
+                ),
+                health,
+                pending.to_string(),
+                next,
                 text(&e["url"]),
-            ]
+            ];
+            (cells, note)
         })
         .collect();
-    table(
+    table_with_notes(
         &mut s,
         &[
             "ENDPOINT",
             "PARTNER/ENV",
             "HEALTH",
-            "FAILURES",
-            "LAST",
             "PENDING",
+            "NEXT",
             "URL",
         ],
         &rows,
     );
-    s
+    fit(&s)
+}
+
+/// How long ago the time `v` (RFC 3339) was, as of `now`; `None` when `v` is not a time.
+fn since(v: &Value, now: u64) -> Option<String> {
+    let at = v.as_str().and_then(parse_time)?;
+    Some(duration(now.saturating_sub(at) / 1000))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Every line cut to [`MAX_WIDTH`] characters (ending with `…` when cut).
+pub(crate) fn fit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for line in s.lines() {
+        out.push_str(&shorten(line, MAX_WIDTH));
+        out.push('\n');
+    }
+    out
 }
 
 pub(crate) fn render_endpoints(v: &Value) -> String {
@@ -299,6 +358,12 @@ pub(crate) fn render_event(v: &Value) -> String {
 }
 
 pub(crate) fn render_dead_letters(v: &Value) -> String {
+    render_dead_letters_at(v, now_ms())
+}
+
+/// `dead-letters list` as of `now` (unix ms): one row per dead letter and a line with its event
+/// type, why it died and its last error.
+pub(crate) fn render_dead_letters_at(v: &Value, now: u64) -> String {
     let letters = v["dead_letters"]
         .as_array()
         .map(Vec::as_slice)
@@ -307,38 +372,63 @@ pub(crate) fn render_dead_letters(v: &Value) -> String {
     if letters.is_empty() {
         s.push_str("no dead letters\n");
     } else {
-        let rows: Vec<Vec<String>> = letters
+        let rows: Vec<(Vec<String>, Option<String>)> = letters
             .iter()
             .map(|d| {
-                let last = match d["last_status_code"].as_u64() {
-                    Some(code) => format!("HTTP {code}"),
-                    None if d["last_error"].is_string() => shorten(&text(&d["last_error"]), 40),
-                    None => "-".to_owned(),
+                let last = match (d["last_status_code"].as_u64(), d["last_error"].as_str()) {
+                    (Some(code), _) => format!("HTTP {code}"),
+                    (None, Some(error)) => clean(error),
+                    (None, None) => "unknown".to_owned(),
                 };
-                vec![
-                    text(&d["id"]),
-                    text(&d["event_id"]),
+                let died = since(&d["dead_at"], now)
+                    .map(|ago| format!("{ago} ago"))
+                    .unwrap_or_else(|| text(&d["dead_at"]));
+                let note = format!(
+                    "    {}, {}; last error: {last}",
                     text(&d["event_type"]),
+                    text(&d["reason"]).replace('_', " ")
+                );
+                let cells = vec![
+                    text(&d["id"]),
+                    shorten(&text(&d["event_id"]), 28),
                     text(&d["endpoint_id"]),
                     text(&d["attempts"]),
-                    last,
-                    text(&d["dead_at"]),
-                    text(&d["reason"]),
-                ]
+                    died,
+                ];
+                (cells, Some(note))
             })
             .collect();
-        table(
+        table_with_notes(
             &mut s,
-            &[
-                "ID", "EVENT", "TYPE", "ENDPOINT", "ATTEMPTS", "LAST", "DEAD AT", "REASON",
-            ],
+            &["ID", "EVENT", "ENDPOINT", "ATTEMPTS", "DIED"],
             &rows,
         );
     }
     if let Some(next) = v["next"].as_str() {
         let _ = writeln!(s, "more follow: pass --after {}", clean(next));
     }
-    s
+    fit(&s)
+}
+
+/// [`table`], with a line of notes under the rows that have one.
+pub(crate) fn table_with_notes(
+    s: &mut String,
+    header: &[&str],
+    rows: &[(Vec<String>, Option<String>)],
+) {
+    let cells: Vec<Vec<String>> = rows.iter().map(|(cells, _)| cells.clone()).collect();
+    let mut lines = String::new();
+    table(&mut lines, header, &cells);
+    let mut lines = lines.lines();
+    if let Some(head) = lines.next() {
+        let _ = writeln!(s, "{head}");
+    }
+    for (line, (_, note)) in lines.zip(rows) {
+        let _ = writeln!(s, "{line}");
+        if let Some(note) = note {
+            let _ = writeln!(s, "{note}");
+        }
+    }
 }
 
 /// Appends a table with columns padded to their widest cell (the last one is not padded).
@@ -413,7 +503,7 @@ pub(crate) fn plural<'a>(n: u64, one: &'a str, many: &'a str) -> &'a str {
     }
 }
 
-/// Seconds as `45s`, `5m 3s`, `2h 5m` or `3d 4h`.
+/// Seconds as `45s`, `5m 3s`, `2h 5m`, `3d 4h` (`4m`, `2h` when the second unit is 0).
 pub(crate) fn duration(seconds: u64) -> String {
     let (d, h, m, s) = (
         seconds / 86_400,
@@ -421,14 +511,19 @@ pub(crate) fn duration(seconds: u64) -> String {
         seconds / 60 % 60,
         seconds % 60,
     );
-    if d > 0 {
-        format!("{d}d {h}h")
+    let (big, small) = if d > 0 {
+        ((d, "d"), (h, "h"))
     } else if h > 0 {
-        format!("{h}h {m}m")
+        ((h, "h"), (m, "m"))
     } else if m > 0 {
-        format!("{m}m {s}s")
+        ((m, "m"), (s, "s"))
     } else {
-        format!("{s}s")
+        return format!("{s}s");
+    };
+    if small.0 == 0 {
+        format!("{}{}", big.0, big.1)
+    } else {
+        format!("{}{} {}{}", big.0, big.1, small.0, small.1)
     }
 }
 

@@ -107,6 +107,8 @@ fn queries_and_paths_are_encoded() {
 
 #[test]
 fn status_is_summarised_with_one_line_per_endpoint() {
+    // 2026-01-15T19:04:12Z
+    let now = crate::model::parse_time("2026-01-15T19:04:12Z").unwrap();
     let status = json!({"version": "0.1.0", "uptime_seconds": 3725, "storage": {"dir": "/var/lib/x", "bytes": 1_572_864},
         "queue": {"pending": 4, "in_flight": 2, "retrying": 1, "oldest_pending_age_seconds": 303},
         "dead_letters": 7,
@@ -115,8 +117,10 @@ fn status_is_summarised_with_one_line_per_endpoint() {
             {"id": "ep_1", "partner_id": "acme-health", "environment": "production", "url": "https://a.example/h", "enabled": true,
              "health": "healthy", "consecutive_failures": 0, "last_status_code": 200, "last_success_at": null, "last_failure_at": null, "pending": 0},
             {"id": "ep_22", "partner_id": "b", "environment": "sandbox", "url": "http://b.example/\u{1b}[2J", "enabled": true,
-             "health": "failing", "consecutive_failures": 5, "last_status_code": null, "last_success_at": null, "last_failure_at": null, "pending": 4}]});
-    let text = render_status(&status);
+             "health": "failing", "consecutive_failures": 5, "last_status_code": null, "last_success_at": null,
+             "last_failure_at": "2026-01-15T19:03:12Z", "pending": 4, "failing_since": "2026-01-15T17:04:12Z",
+             "last_error": "connection refused", "next_attempt_at": "2026-01-15T19:08:12Z"}]});
+    let text = render_status_at(&status, now);
     assert!(text.contains("preflix-webhookd 0.1.0, up 1h 2m"), "{text}");
     assert!(text.contains("/var/lib/x (1.5 MiB)"), "{text}");
     assert!(
@@ -133,15 +137,57 @@ fn status_is_summarised_with_one_line_per_endpoint() {
         .iter()
         .position(|l| l.starts_with("ENDPOINT"))
         .unwrap();
-    assert!(lines[header + 1].starts_with("ep_1      acme-health/production  healthy  0         200   0        https://a.example/h"), "{text}");
     assert!(
-        lines[header + 2].contains("failing") && lines[header + 2].contains(" - "),
+        lines[header + 1].starts_with(
+            "ep_1      acme-health/production  healthy         0        -      https://a.example/h"
+        ),
         "{text}"
+    );
+    assert!(
+        lines[header + 2]
+            .starts_with("ep_22     b/sandbox               failing for 2h  4        in 4m  "),
+        "{text}"
+    );
+    assert_eq!(
+        lines[header + 3],
+        "    last error: connection refused (5 failures in a row, the last 1m ago)"
     );
     assert!(
         !text.contains('\u{1b}'),
         "control characters are escaped: {text}"
     );
+}
+
+/// Long ids, URLs and errors are cut so that every line fits in 100 columns.
+#[test]
+fn status_and_dead_letters_fit_in_100_columns() {
+    let now = crate::model::parse_time("2026-01-15T19:04:12Z").unwrap();
+    let long = "x".repeat(300);
+    let status = json!({"version": "0.1.0", "uptime_seconds": 1, "storage": {"dir": format!("/{long}"), "bytes": 1},
+        "queue": {"pending": 1, "in_flight": 0, "retrying": 1, "oldest_pending_age_seconds": 7200},
+        "dead_letters": 1, "totals": {"events": 1, "deliveries_succeeded": 0, "attempts_failed": 1},
+        "endpoints": [{"id": "ep_0000000000000001", "partner_id": long, "environment": "production",
+             "url": format!("https://{long}.example/"), "enabled": true, "health": "failing", "consecutive_failures": 1,
+             "last_status_code": 503, "last_success_at": null, "last_failure_at": "2026-01-15T19:04:12Z", "pending": 1,
+             "failing_since": "2026-01-15T19:04:12Z", "last_error": long, "next_attempt_at": "2026-01-15T23:04:12Z"}]});
+    let page = json!({"dead_letters": [{"id": "dl_0000000000000003", "delivery_id": "dlv_0000000000000009", "event_id": long,
+        "event_type": "bill.created", "endpoint_id": "ep_0000000000000001", "partner_id": "acme", "url": "http://x", "attempts": 10,
+        "last_status_code": null, "last_error": long, "first_attempt_at": null, "dead_at": "2026-01-13T19:04:12Z",
+        "reason": "retries_exhausted"}], "next": null});
+    for text in [
+        render_status_at(&status, now),
+        render_dead_letters_at(&page, now),
+    ] {
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 100,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(text.contains('…'), "{text}");
+    }
+    assert!(render_status_at(&status, now).contains("in 4h"));
 }
 
 #[test]
@@ -173,9 +219,14 @@ fn dead_letters_show_the_cursor_of_the_next_page() {
         "endpoint_id": "ep_1", "partner_id": "acme", "url": "http://x", "attempts": 3, "last_status_code": null,
         "last_error": "timed out", "first_attempt_at": null, "dead_at": "2026-01-15T19:04:12Z", "reason": "retries_exhausted"}],
         "next": "dl_3"});
-    let text = render_dead_letters(&page);
+    let now = crate::model::parse_time("2026-01-15T21:04:12Z").unwrap();
+    let text = render_dead_letters_at(&page, now);
     assert!(
-        text.contains("dl_3  evt_1  bill.created  ep_1      3         timed out"),
+        text.contains("dl_3  evt_1  ep_1      3         2h ago"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    bill.created, retries exhausted; last error: timed out"),
         "{text}"
     );
     assert!(text.contains("more follow: pass --after dl_3"), "{text}");
@@ -191,6 +242,8 @@ fn durations_and_sizes_are_short() {
     assert_eq!(duration(59), "59s");
     assert_eq!(duration(61), "1m 1s");
     assert_eq!(duration(7260), "2h 1m");
+    assert_eq!(duration(240), "4m");
+    assert_eq!(duration(7200), "2h");
     assert_eq!(duration(90_000), "1d 1h");
     assert_eq!(bytes(512), "512 B");
     assert_eq!(bytes(1536), "1.5 KiB");

@@ -230,14 +230,18 @@ fn health() -> impl Strategy<Value = EndpointHealth> {
         of(any::<u64>()),
         of(any::<u64>()),
         of(any::<u64>()),
+        of(text()),
     );
-    fields.prop_map(|(failures, code, success, failure, since)| EndpointHealth {
-        consecutive_failures: failures,
-        last_status_code: code,
-        last_success_at_ms: success,
-        last_failure_at_ms: failure,
-        failing_since_ms: since,
-    })
+    fields.prop_map(
+        |(failures, code, success, failure, since, error)| EndpointHealth {
+            consecutive_failures: failures,
+            last_status_code: code,
+            last_success_at_ms: success,
+            last_failure_at_ms: failure,
+            failing_since_ms: since,
+            last_error: error,
+        },
+    )
 }
 
 fn counters() -> impl Strategy<Value = Counters> {
