@@ -512,3 +512,120 @@ fn a_retry_is_marked_in_the_queue_and_keeps_its_mark_when_requeued() {
     );
     store.close().unwrap();
 }
+
+/// The oldest pending delivery is the one pending the longest, whatever its number: a retry waiting
+/// counts from its creation, a redriven dead letter from its redrive; nothing pending is `None`.
+#[test]
+fn the_oldest_pending_delivery_counts_from_when_it_became_pending() {
+    use super::{SettleOutcome, Settlement};
+    use crate::model::{Attempt, DeadReason};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let ep = rt.block_on(store.create_endpoint(endpoint())).unwrap();
+    let settle = |key: DeliveryKey, at_ms: u64, outcome: SettleOutcome| {
+        let event = store.event(key.event_seq).unwrap().unwrap();
+        let as_read = store.delivery_of(&event, key.seq).unwrap().unwrap();
+        rt.block_on(store.settle(Settlement {
+            delivery: key,
+            as_read,
+            attempt: Attempt {
+                n: 1,
+                at_ms,
+                status_code: Some(500),
+                duration_ms: 1,
+                error: None,
+                response_snippet: None,
+            },
+            outcome,
+            disable_after_ms: u64::MAX / 2,
+        }))
+        .unwrap();
+    };
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), None);
+
+    // A: received at 1 000, dead at 1 500.
+    rt.block_on(store.ingest(vec![new_event("evt_a", 1)]))
+        .unwrap();
+    let a = store
+        .first_queue_entry(ep.num, 0)
+        .unwrap()
+        .unwrap()
+        .delivery;
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), Some(1_000));
+    let dead = SettleOutcome::Dead {
+        reason: DeadReason::RetriesExhausted,
+    };
+    settle(a, 1_500, dead);
+    // B: received at 2 000, waits for a retry due at 90 000: still pending since 2 000.
+    let mut b_event = new_event("evt_b", 2);
+    b_event.received_at_ms = 2_000;
+    rt.block_on(store.ingest(vec![b_event])).unwrap();
+    let b = store
+        .first_queue_entry(ep.num, 0)
+        .unwrap()
+        .unwrap()
+        .delivery;
+    assert_ne!(a, b);
+    settle(b, 2_100, SettleOutcome::Retry { at_ms: 90_000 });
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), Some(2_000));
+
+    // A is redriven at 3 000: lower number, but pending for less time than B.
+    let dl = store.dead_letters(0, 10, |_| true).unwrap();
+    rt.block_on(store.retry_dead_letters(vec![dl[0].seq], 3_000))
+        .unwrap();
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), Some(2_000));
+
+    // B delivered: A is the oldest, since its redrive (then since its round's first attempt).
+    settle(b, 2_200, SettleOutcome::Succeeded);
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), Some(3_000));
+    settle(a, 3_100, SettleOutcome::Retry { at_ms: 90_000 });
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), Some(3_100));
+
+    settle(a, 3_200, SettleOutcome::Succeeded);
+    store.refresh_oldest_pending().unwrap();
+    assert_eq!(store.oldest_pending_since(), None);
+    store.close().unwrap();
+}
+
+/// Measures the queue scan behind `oldest_pending_age_seconds` (run with `--ignored --nocapture`):
+/// `PENDING` pending deliveries (default 100 000), then one refresh that has to scan.
+#[test]
+#[ignore]
+fn measure_the_oldest_pending_scan() {
+    let n: usize = std::env::var("PENDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store"), 16 * 1024 * 1024).unwrap();
+    rt.block_on(store.create_endpoint(endpoint())).unwrap();
+    for batch in 0..n.div_ceil(1000) {
+        let events = (0..1000)
+            .map(|i| new_event(&format!("evt_{batch}_{i}"), 1))
+            .collect();
+        rt.block_on(store.ingest(events)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    store.refresh_oldest_pending().unwrap();
+    let scan = started.elapsed();
+    let started = std::time::Instant::now();
+    store.refresh_oldest_pending().unwrap();
+    let check = started.elapsed();
+    eprintln!("{n} pending: first refresh (scan) {scan:?}, next refresh (check) {check:?}");
+    assert_eq!(store.oldest_pending_since(), Some(1_000));
+    store.close().unwrap();
+}
