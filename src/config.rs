@@ -38,6 +38,8 @@ pub struct Config {
     pub endpoints: EndpointsConfig,
     /// How long finished data is kept.
     pub retention: RetentionConfig,
+    /// Where operator notifications go (contract section 10).
+    pub notifications: NotificationsConfig,
     /// What is logged and in which format.
     pub log: LogConfig,
     /// Deadlines and connection limits of the HTTP interface. Not config keys (the contract has
@@ -57,6 +59,10 @@ pub struct TestHooks {
     pub pause_scheduler: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Replaces the scheduler watchdog interval (`WATCHDOG_USEC`, else 30 s) that `/healthz` uses.
     pub scheduler_watchdog: Option<Duration>,
+    /// Replaces how long an endpoint fails before `endpoint.failing` (1 hour).
+    pub failing_after: Option<Duration>,
+    /// Replaces the grouping window of `delivery.dead_lettered` (1 minute).
+    pub dead_letter_window: Option<Duration>,
 }
 
 /// Hooks never make two configs differ.
@@ -178,6 +184,28 @@ pub struct EndpointsConfig {
     /// An endpoint failing without a single success for this long is disabled, so dead receivers
     /// stop costing attempts; 0 disables at the first failure.
     pub disable_after: Duration,
+}
+
+/// Settings of operator notifications (`[notifications]`, contract section 10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationsConfig {
+    /// Where notifications are POSTed; `None` (empty) turns them off.
+    pub url: Option<String>,
+    /// The file holding the notification secret; `None`: `$CREDENTIALS_DIRECTORY/notifications_secret`,
+    /// else `<storage.dir>/notifications.secret`, generated on first start.
+    pub secret_file: Option<PathBuf>,
+    /// `queue.stalled` once the oldest pending delivery has waited longer than this.
+    pub stalled_after: Duration,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            url: None,
+            secret_file: None,
+            stalled_after: Duration::from_secs(15 * 60),
+        }
+    }
 }
 
 /// Settings of the purge of finished data (`[retention]`).
@@ -451,7 +479,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// A new admin token could not be written under `storage.dir`.
-    #[error("cannot create the admin token file {} in storage.dir: {io}", .path.display())]
+    #[error("cannot create {} in storage.dir: {io}", .path.display())]
     TokenWrite {
         /// The token file.
         path: PathBuf,
@@ -717,6 +745,14 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("interval", Kind::Duration),
         ],
     ),
+    (
+        "notifications",
+        &[
+            ("url", Kind::Str),
+            ("secret_file", Kind::Str),
+            ("stalled_after", Kind::Duration),
+        ],
+    ),
     ("log", &[("level", Kind::Str), ("format", Kind::Str)]),
 ];
 
@@ -729,7 +765,16 @@ struct RawConfig {
     retry: Option<RawRetry>,
     endpoints: Option<RawEndpoints>,
     retention: Option<RawRetention>,
+    notifications: Option<RawNotifications>,
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNotifications {
+    url: Option<String>,
+    secret_file: Option<String>,
+    stalled_after: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1053,6 +1098,36 @@ impl Convert {
             interval: self.positive("retention.interval", r.interval, d.interval)?,
         };
 
+        let (r, d) = (
+            raw.notifications.unwrap_or_default(),
+            NotificationsConfig::default(),
+        );
+        let notifications = NotificationsConfig {
+            url: match r.url.filter(|url| !url.is_empty()) {
+                // The rules of a production endpoint; private addresses are refused at every
+                // attempt unless `delivery.allow_private_networks`.
+                Some(url) => {
+                    match crate::delivery::guard::parse_endpoint_url(
+                        &url,
+                        false,
+                        delivery.require_https,
+                    ) {
+                        Ok(_) => Some(url),
+                        Err(e) => {
+                            return Err(self.invalid("notifications.url", &quote(&url), &e.to_string()))
+                        }
+                    }
+                }
+                None => None,
+            },
+            secret_file: optional_path(r.secret_file),
+            stalled_after: self.positive(
+                "notifications.stalled_after",
+                r.stalled_after,
+                d.stalled_after,
+            )?,
+        };
+
         let (r, d) = (raw.log.unwrap_or_default(), LogConfig::default());
         let log = LogConfig {
             level: match r.level {
@@ -1080,6 +1155,7 @@ impl Convert {
             retry,
             endpoints,
             retention,
+            notifications,
             log,
             http: HttpLimits::default(),
             test_hooks: TestHooks::default(),
@@ -1346,6 +1422,11 @@ fn warn_if_shared(path: &Path, what: &str) {
         }
     }
 }
+
+mod secret;
+pub use secret::{
+    load_notification_secret, load_notification_secret_from_process_env, NotificationSecret,
+};
 
 #[cfg(test)]
 mod tests;

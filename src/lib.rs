@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod model;
+pub mod notifications;
 pub mod notify;
 pub mod shutdown;
 pub mod signing;
@@ -118,6 +119,17 @@ async fn start_and_run(
         tracing::info!(path = %token.source.display(), "admin token loaded");
     }
     let keys = config::load_master_keys(&config, &config::process_env)?;
+    // Only when notifications are on: no secret file is made for a daemon that sends none.
+    let notification_secret = match config.notifications.url {
+        Some(_) => {
+            let secret = config::load_notification_secret_from_process_env(&config)?;
+            if secret.generated {
+                tracing::info!(path = %secret.source.display(), "generated a notification secret");
+            }
+            Some(secret)
+        }
+        None => None,
+    };
     // Checked here for exit code 64; the outbound client reads it again when it is built.
     config::load_extra_roots(&config.delivery)?;
     if let Some(key) = &keys.current {
@@ -146,6 +158,12 @@ async fn start_and_run(
             "this store was started damaged with --accept-data-loss; `preflix-webhookd check --clear-damage-mark` clears the mark"
         );
     }
+    notifications::setup(&store, &config, notification_secret.as_ref(), api::now_ms())
+        .await
+        .map_err(|source| RunError::Store {
+            dir: config.storage.dir.clone(),
+            source,
+        })?;
     let notifier = notify::Notifier::from_env();
     // /healthz holds the scheduler to the same interval as systemd's watchdog (at least 2 s: the
     // scheduler's own pace is one round a second).
@@ -219,6 +237,9 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot find the oldest pending delivery"),
             Err(e) => tracing::warn!(error = %e, "finding the oldest pending delivery failed"),
+        }
+        if let Err(e) = notifications::round(&state.store, &state.config, api::now_ms()).await {
+            tracing::warn!(error = %e, "operator notifications could not be decided");
         }
         if last_purge.elapsed() >= state.config.retention.interval {
             last_purge = Instant::now();

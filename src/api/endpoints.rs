@@ -97,6 +97,7 @@ pub fn list(state: &AppState, query: &str) -> ApiResult {
         .store
         .endpoints()
         .iter()
+        .filter(|e| !crate::notifications::is_operator(e))
         .filter(|e| partner.as_ref().is_none_or(|p| &e.partner_id == p))
         .map(|e| view(e))
         .collect();
@@ -185,6 +186,7 @@ pub fn view(ep: &Endpoint) -> Value {
 fn find(state: &AppState, id: &str) -> Result<std::sync::Arc<Endpoint>, ApiError> {
     parse_numbered_id("ep_", id)
         .and_then(|n| state.store.endpoint(n))
+        .filter(|ep| !crate::notifications::is_operator(ep))
         .ok_or_else(|| ApiError::not_found("endpoint"))
 }
 

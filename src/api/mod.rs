@@ -4,6 +4,7 @@ mod conn;
 mod dead_letters;
 mod endpoints;
 mod events;
+pub use events::time_seconds;
 #[cfg(test)]
 mod proptests;
 mod status;

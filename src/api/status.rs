@@ -93,6 +93,9 @@ pub fn status(state: &AppState) -> ApiResult {
     let now = now_ms();
     let mut endpoints = Vec::new();
     for ep in state.store.endpoints() {
+        if crate::notifications::is_operator(&ep) {
+            continue;
+        }
         let h = state.store.health(ep.num)?;
         let health = if !ep.enabled {
             "disabled"

@@ -65,6 +65,58 @@ fn defaults_equal_the_spec() {
     assert_eq!(config.log.level, "info");
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.attempts_per_delivery(), 10);
+    assert_eq!(config.notifications.url, None);
+    assert_eq!(config.notifications.secret_file, None);
+    assert_eq!(config.notifications.stalled_after, secs(15 * 60));
+}
+
+#[test]
+fn a_notification_url_follows_the_production_endpoint_rules() {
+    let err = Config::from_toml_str("[notifications]\nurl = \"http://ops.example/hook\"")
+        .unwrap_err();
+    assert_eq!(err.key(), Some("notifications.url"));
+    assert!(err.to_string().contains("require_https"), "{err}");
+    let err = Config::from_toml_str("[notifications]\nurl = \"ops\"").unwrap_err();
+    assert_eq!(err.key(), Some("notifications.url"));
+    let config = Config::from_toml_str("[notifications]\nurl = \"\"").unwrap();
+    assert_eq!(config.notifications.url, None);
+    let err = Config::from_toml_str("[notifications]\nstalled_after = \"0s\"").unwrap_err();
+    assert_eq!(err.key(), Some("notifications.stalled_after"));
+}
+
+#[test]
+fn the_notification_secret_is_generated_once_private_and_in_whsec_form() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.storage.dir = dir.path().join("db");
+    let none = |_: &str| None;
+    let first = load_notification_secret(&config, &none).unwrap();
+    assert!(first.generated);
+    assert_eq!(first.source, dir.path().join("db/notifications.secret"));
+    let key = first.secret.strip_prefix("whsec_").expect("whsec_ form");
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+    assert_eq!(bytes.len(), 32);
+    let mode = std::fs::metadata(&first.source).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let again = load_notification_secret(&config, &none).unwrap();
+    assert!(!again.generated);
+    assert_eq!(again.secret, first.secret);
+
+    // A credential wins over the generated file; a configured file wins over both.
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("notifications_secret"), "whsec_AAAA\n").unwrap();
+    let creds_dir = creds.path().to_str().unwrap().to_owned();
+    let env = move |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| creds_dir.clone());
+    assert_eq!(load_notification_secret(&config, &env).unwrap().secret, "whsec_AAAA");
+    config.notifications.secret_file = Some(creds.path().join("missing"));
+    let err = load_notification_secret(&config, &env).unwrap_err();
+    assert_eq!(err.key(), Some("notifications.secret_file"));
+    std::fs::write(creds.path().join("bad"), "not base64!\n").unwrap();
+    config.notifications.secret_file = Some(creds.path().join("bad"));
+    let err = load_notification_secret(&config, &env).unwrap_err();
+    assert!(err.to_string().contains("notification secret"), "{err}");
 }
 
 #[test]
@@ -107,6 +159,10 @@ fn a_file_with_every_key_parses() {
         events = "7d"
         dead_letters = "14d"
         interval = "30s"
+        [notifications]
+        url = "http://ops.example/hook"
+        secret_file = "/etc/ntf"
+        stalled_after = "5m"
         [log]
         level = "debug,hyper=warn"
         format = "json"
@@ -146,6 +202,11 @@ fn a_file_with_every_key_parses() {
             events: secs(7 * DAY),
             dead_letters: secs(14 * DAY),
             interval: secs(30),
+        },
+        notifications: NotificationsConfig {
+            url: Some("http://ops.example/hook".to_owned()),
+            secret_file: Some(PathBuf::from("/etc/ntf")),
+            stalled_after: secs(300),
         },
         log: LogConfig {
             level: "debug,hyper=warn".to_owned(),

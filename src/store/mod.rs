@@ -32,6 +32,7 @@ mod files;
 pub mod health;
 mod idfilter;
 mod migrate;
+mod notices;
 mod oldest;
 mod ops;
 pub mod sealing;
@@ -43,6 +44,7 @@ use files::{keep_private, make_private_dir, prepare_private_files, remove_snapsh
 use migrate::migrate_from_1;
 
 pub use check::{check, CheckReport};
+pub use notices::{NoticeRound, OPERATOR_PARTNER};
 
 pub use ops::{DeliveryRefused, IngestOutcome, NewEvent, Redriven, SettleOutcome, Settlement};
 pub use sealing::{MasterKey, MasterKeys};

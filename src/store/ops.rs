@@ -430,7 +430,7 @@ impl Store {
     }
 }
 
-fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
+pub(super) fn ingest_one(tx: &Tx<'_>, ev: &NewEvent) -> TxResult<IngestOutcome> {
     let stored = if tx.event_id_may_exist(&ev.id) {
         tx.get::<EventIdRecord>(TreeId::EventIds, ev.id.as_bytes())?
     } else {
@@ -637,6 +637,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
             health.consecutive_failures = 0;
             health.last_success_at_ms = Some(now);
             health.failing_since_ms = None;
+            super::notices::succeeded(tx, &ep, now)?;
             tx.pending_delta(ep.num, -1);
             let mut c = tx.counters();
             c.pending -= 1;
@@ -674,6 +675,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
                 reason,
             };
             tx.put(TreeId::DeadLetters, &u64_key(dl.seq), &dl)?;
+            super::notices::dead_lettered(tx, &ep, dl.seq)?;
             tx.pending_delta(ep.num, -1);
             if reason == DeadReason::EndpointGone {
                 disable = Some("the endpoint answered 410 Gone".to_string());
@@ -699,7 +701,9 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         }
     }
     if let Some(reason) = disable {
-        if ep.enabled {
+        // The operator endpoint is never disabled by the daemon: notifications would stop unseen.
+        if ep.enabled && ep.partner_id != super::OPERATOR_PARTNER {
+            super::notices::endpoint_disabled(tx, &ep, &reason, &health, now)?;
             tracing::info!(endpoint_id = %ep.id(), %reason, "endpoint disabled");
             let mut changed = (*ep).clone();
             changed.enabled = false;
