@@ -1114,7 +1114,11 @@ impl Convert {
                     ) {
                         Ok(_) => Some(url),
                         Err(e) => {
-                            return Err(self.invalid("notifications.url", &quote(&url), &e.to_string()))
+                            return Err(self.invalid(
+                                "notifications.url",
+                                &quote(&url),
+                                &e.to_string(),
+                            ))
                         }
                     }
                 }

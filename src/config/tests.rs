@@ -72,8 +72,8 @@ fn defaults_equal_the_spec() {
 
 #[test]
 fn a_notification_url_follows_the_production_endpoint_rules() {
-    let err = Config::from_toml_str("[notifications]\nurl = \"http://ops.example/hook\"")
-        .unwrap_err();
+    let err =
+        Config::from_toml_str("[notifications]\nurl = \"http://ops.example/hook\"").unwrap_err();
     assert_eq!(err.key(), Some("notifications.url"));
     assert!(err.to_string().contains("require_https"), "{err}");
     let err = Config::from_toml_str("[notifications]\nurl = \"ops\"").unwrap_err();
@@ -96,9 +96,15 @@ fn the_notification_secret_is_generated_once_private_and_in_whsec_form() {
     assert_eq!(first.source, dir.path().join("db/notifications.secret"));
     let key = first.secret.strip_prefix("whsec_").expect("whsec_ form");
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap();
     assert_eq!(bytes.len(), 32);
-    let mode = std::fs::metadata(&first.source).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&first.source)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let again = load_notification_secret(&config, &none).unwrap();
     assert!(!again.generated);
@@ -109,7 +115,10 @@ fn the_notification_secret_is_generated_once_private_and_in_whsec_form() {
     std::fs::write(creds.path().join("notifications_secret"), "whsec_AAAA\n").unwrap();
     let creds_dir = creds.path().to_str().unwrap().to_owned();
     let env = move |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| creds_dir.clone());
-    assert_eq!(load_notification_secret(&config, &env).unwrap().secret, "whsec_AAAA");
+    assert_eq!(
+        load_notification_secret(&config, &env).unwrap().secret,
+        "whsec_AAAA"
+    );
     config.notifications.secret_file = Some(creds.path().join("missing"));
     let err = load_notification_secret(&config, &env).unwrap_err();
     assert_eq!(err.key(), Some("notifications.secret_file"));

@@ -10,6 +10,7 @@ mod health;
 mod input;
 mod intake;
 mod integrity;
+mod notifications;
 mod operate;
 mod partition;
 mod partner;
