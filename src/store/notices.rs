@@ -217,6 +217,7 @@ fn check_failing(tx: &Tx<'_>, ep: &Endpoint, round: &NoticeRound) -> TxResult<()
         "endpoint_id": ep.id(), "partner_id": ep.partner_id, "url": ep.url,
         "consecutive_failures": health.consecutive_failures,
         "last_status_code": health.last_status_code,
+        "last_error": health.last_error,
         "failing_since": crate::model::format_time(since),
     });
     notify(tx, "endpoint.failing", data, round.now_ms)

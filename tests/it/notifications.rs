@@ -228,6 +228,7 @@ async fn a_failing_spell_is_told_once_across_a_restart_and_its_end_once() {
     let failing = wait_notice(&ops, &daemon, "endpoint.failing").await;
     assert_eq!(failing["endpoint_id"], ep["id"]);
     assert_eq!(failing["last_status_code"], 500);
+    assert!(failing.get("last_error").is_some(), "{failing}");
     assert!(failing["consecutive_failures"].as_u64().unwrap() >= 1);
 
     daemon.restart().await;
