@@ -68,19 +68,29 @@ impl Store {
     /// delivery kept by [`Store::refresh_oldest_pending`] (the store's data, not the scheduler's).
     pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
         let oldest = self.oldest_pending_since();
-        self.write(false, move |tx| {
-            if operator(tx).is_none() {
-                return Ok(());
-            }
-            flush_dead_letters(tx, &round)?;
-            for ep in tx.endpoints() {
-                if ep.partner_id != OPERATOR_PARTNER {
-                    check_failing(tx, &ep, &round)?;
+        let made = self
+            .write(false, move |tx| {
+                if operator(tx).is_none() {
+                    return Ok(false);
                 }
-            }
-            check_stalled(tx, oldest, &round)
-        })
-        .await
+                let before = tx.counters().events;
+                flush_dead_letters(tx, &round)?;
+                for ep in tx.endpoints() {
+                    if ep.partner_id != OPERATOR_PARTNER {
+                        check_failing(tx, &ep, &round)?;
+                    }
+                }
+                check_stalled(tx, oldest, &round)?;
+                Ok(tx.counters().events != before)
+            })
+            .await?;
+        // A notification and the state saying it was made are made durable together before the
+        // next round, so a crash does not make it again after it was delivered. Rounds that make
+        // nothing (nearly all) cost no sync.
+        if made {
+            self.sync().await?;
+        }
+        Ok(())
     }
 }
 

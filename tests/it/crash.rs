@@ -25,12 +25,15 @@ pub(crate) struct Settings {
     pub(crate) timeout: &'static str,
     /// `retry.schedule`, as TOML.
     pub(crate) retry_schedule: &'static str,
+    /// More TOML, appended to the file (whole tables).
+    pub(crate) extra: &'static str,
 }
 
 pub(crate) const DEFAULT_SETTINGS: Settings = Settings {
     shutdown_grace: "3s",
     timeout: "5s",
     retry_schedule: r#"["20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms", "20ms"]"#,
+    extra: "",
 };
 
 /// The real binary, running as a child process on a directory that outlives it.
@@ -196,7 +199,10 @@ jitter = 0.0
 
 [log]
 level = "info"
+
+{extra}
 "#,
+        extra = s.extra,
         grace = s.shutdown_grace,
         timeout = s.timeout,
         schedule = s.retry_schedule,

@@ -368,6 +368,7 @@ async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
     let settings = Settings {
         shutdown_grace: "2s",
         timeout: "5s",
+        extra: "",
         retry_schedule: r#"["300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms", "300ms"]"#,
     };
     // Its log (stderr) is on the small filesystem too: log lines that cannot be written must not

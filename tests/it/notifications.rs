@@ -358,3 +358,98 @@ async fn a_slow_notification_url_takes_no_capacity_from_partners() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(ops.max_concurrent() <= 4, "{}", ops.max_concurrent());
 }
+
+/// Dead letters gathered inside the minute survive a SIGKILL: after the restart their group still
+/// goes out, and the counts add up to the dead letters, once each.
+#[tokio::test]
+async fn grouped_dead_letters_survive_kill9_inside_the_minute() {
+    use crate::crash::{Daemon, Settings, DEFAULT_SETTINGS};
+    let ops = TestReceiver::start().await;
+    let partner = TestReceiver::start().await;
+    partner.set_default(Answer::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("[notifications]\nurl = \"{}\"\n", ops.url("/ops"));
+    let settings = Settings {
+        retry_schedule: "[]",
+        extra: Box::leak(extra.into_boxed_str()),
+        ..DEFAULT_SETTINGS
+    };
+    let mut daemon = Daemon::start(dir.path(), settings).await;
+    let c = daemon.client.clone();
+    c.create_endpoint("acme", "production", &partner.url("/p"), &["*"])
+        .await;
+    c.post_event("acme", "production", "evt_0", "audit.completed", json!({}))
+        .await;
+    wait_until(WAIT, || ops.count() >= 1).await;
+    for i in 1..4 {
+        c.post_event(
+            "acme",
+            "production",
+            &format!("evt_{i}"),
+            "audit.completed",
+            json!({}),
+        )
+        .await;
+    }
+    wait_until_async(WAIT, || async {
+        c.get("/v1/dead-letters").await.1["dead_letters"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.kill9();
+    daemon.restart().await;
+    // The second group waits for the end of the minute that began with the first.
+    wait_until(Duration::from_secs(120), || ops.count() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let secret = std::fs::read_to_string(dir.path().join("db/notifications.secret")).unwrap();
+    let verifier = Verifier::new(vec![Secret::parse(&secret).unwrap()]);
+    let mut total = 0;
+    for r in ops.received() {
+        verifier.verify(&r.headers, &r.body, now_secs()).unwrap();
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["type"], "delivery.dead_lettered", "{body}");
+        total += body["data"]["count"].as_u64().unwrap();
+    }
+    assert_eq!(total, 4, "{:?}", ops.received().len());
+}
+
+/// An endpoint disabled for failing `endpoints.disable_after` is told too, with its reason.
+#[tokio::test]
+async fn disabled_after_failing_too_long_is_told() {
+    let ops = TestReceiver::start().await;
+    let partner = TestReceiver::start().await;
+    partner.set_default(Answer::status(503));
+    let daemon = start(&ops, |c| {
+        c.endpoints.disable_after = Duration::from_secs(1);
+        c.retry.schedule = vec![Duration::from_millis(300); 50];
+    })
+    .await;
+    let c = daemon.client();
+    let ep = c
+        .create_endpoint("acme", "production", &partner.url("/p"), &["*"])
+        .await;
+    c.post_event("acme", "production", "evt_1", "audit.completed", json!({}))
+        .await;
+    let disabled = wait_notice(&ops, &daemon, "endpoint.disabled").await;
+    assert_eq!(disabled["endpoint_id"], ep["id"]);
+    assert_eq!(disabled["last_status_code"], 503);
+    assert!(
+        disabled["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failing without a success"),
+        "{disabled}"
+    );
+    let (_, got) = c
+        .get(&format!("/v1/endpoints/{}", ep["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(got["enabled"], false);
+    assert_eq!(
+        of_type(&notices(&ops, &daemon), "endpoint.disabled").len(),
+        1
+    );
+}
