@@ -292,11 +292,13 @@ async fn a_stalled_scheduler_is_told_from_the_store() {
     partner.wait_for(1, WAIT).await;
 }
 
-/// Without `notifications.url` no secret file is made and nothing is sent; turning it off
-/// removes the operator endpoint.
+/// Without `notifications.url` no secret file is made and nothing is sent; emptying it turns off
+/// a daemon that sent them (its operator endpoint is deleted).
 #[tokio::test]
-async fn notifications_off_make_no_secret_and_no_endpoint() {
+async fn notifications_off_make_no_secret_and_send_nothing() {
     let ops = TestReceiver::start().await;
+    let gone = TestReceiver::start().await;
+    gone.set_default(Answer::status(410));
     let mut daemon = start(&ops, |_| {}).await;
     assert!(daemon
         .config
@@ -306,8 +308,23 @@ async fn notifications_off_make_no_secret_and_no_endpoint() {
         .exists());
     daemon.config.notifications.url = None;
     daemon.restart().await;
-    let (_, status) = daemon.client().get("/status").await;
-    assert_eq!(status["endpoints"].as_array().unwrap().len(), 0);
+    let c = daemon.client();
+    c.create_endpoint("acme", "production", &gone.url("/g"), &["*"])
+        .await;
+    c.post_event("acme", "production", "evt_1", "audit.completed", json!({}))
+        .await;
+    wait_until_async(WAIT, || async {
+        c.get("/v1/dead-letters").await.1["dead_letters"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ops.count(), 0);
+    let (_, status) = c.get("/status").await;
+    assert_eq!(status["queue"]["pending"], 0, "{status}");
     let other = TestDaemon::start().await;
     assert!(!other
         .config
