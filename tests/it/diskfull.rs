@@ -295,6 +295,8 @@ async fn max_bytes_case(name: &str, max_mib: u64, fs_mib: u64) {
     // Ingest as fast as one client can until refused, then keep trying for a while.
     let mut accepted = 0u64;
     let mut refused_at: Option<Instant> = None;
+    // What had been sent and dead-lettered when ingest was first refused: both must grow after.
+    let mut at_refusal: Option<(usize, u64)> = None;
     let mut n = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -317,13 +319,15 @@ async fn max_bytes_case(name: &str, max_mib: u64, fs_mib: u64) {
                 .count() as u64;
         } else {
             assert_refusal(status, &headers, &bytes, &["storage_full"]);
+            if at_refusal.is_none() {
+                let (_, s) = c.get("/status").await;
+                at_refusal = Some((receiver.count(), s["dead_letters"].as_u64().unwrap()));
+            }
             refused_at.get_or_insert_with(Instant::now);
         }
     }
     assert!(accepted > 500, "only {accepted} events got in");
-    let (_, s) = c.get("/status").await;
-    let dead_at_refusal = s["dead_letters"].as_u64().unwrap();
-    let sent_at_refusal = receiver.count();
+    let (sent_at_refusal, dead_at_refusal) = at_refusal.expect("ingest was refused");
 
     // Deliveries, settles and dead letters go on after ingest is refused.
     wait_until_async(Duration::from_secs(120), || async {
