@@ -190,6 +190,20 @@ async fn start_and_run(
     update_storage_figures(&state);
     let _ = slot.set(state.clone());
     let scheduler_task = tokio::spawn(scheduler.run(shutdown.clone()));
+    // Operator notifications are delivered by a scheduler of their own (see `delivery::Scope`).
+    let operator_task = match config.notifications.url {
+        Some(_) => {
+            let operator = delivery::Scheduler::with_scope(
+                delivery::Scope::Operator,
+                store.clone(),
+                config.clone(),
+                state.metrics.clone(),
+            )
+            .map_err(RunError::Delivery)?;
+            Some(tokio::spawn(operator.run(shutdown.clone())))
+        }
+        None => None,
+    };
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
     let watchdog = tokio::spawn(watchdog(notifier.clone(), state.clone(), shutdown.clone()));
     state.ready.store(true, Ordering::SeqCst);
@@ -200,6 +214,9 @@ async fn start_and_run(
     state.ready.store(false, Ordering::SeqCst);
     notifier.send("STOPPING=1");
     let _ = scheduler_task.await;
+    if let Some(task) = operator_task {
+        let _ = task.await;
+    }
     let _ = housekeeping.await;
     let _ = watchdog.await;
     Ok(())

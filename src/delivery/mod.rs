@@ -6,4 +6,4 @@ pub mod guard;
 pub mod retry;
 pub mod scheduler;
 
-pub use scheduler::{Scheduler, SchedulerHandle};
+pub use scheduler::{Scheduler, SchedulerHandle, Scope};

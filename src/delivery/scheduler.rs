@@ -144,8 +144,20 @@ impl SchedulerHandle {
     }
 }
 
+/// Which endpoints a scheduler serves. Operator notifications have a scheduler of their own, with
+/// its own slots: a slow notification URL holds none of the partners' slots, and a partner
+/// scheduler that stalls does not stop the notification that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every endpoint but the operator endpoint, within `delivery.max_in_flight`.
+    Partners,
+    /// The operator endpoint alone, within its own `max_in_flight`.
+    Operator,
+}
+
 /// The scheduler task's state.
 pub struct Scheduler {
+    scope: Scope,
     store: Store,
     config: Arc<Config>,
     client: Client,
@@ -162,6 +174,15 @@ impl Scheduler {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Result<Scheduler, String> {
+        Scheduler::with_scope(Scope::Partners, store, config, metrics)
+    }
+
+    pub fn with_scope(
+        scope: Scope,
+        store: Store,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Scheduler, String> {
         let client = Client::new(&config.delivery)?;
         let policy = Arc::new(RetryPolicy {
             schedule: config.retry.schedule.clone(),
@@ -171,6 +192,7 @@ impl Scheduler {
         let handle = SchedulerHandle::default();
         let _ = handle.shared.store.set(store.clone());
         Ok(Scheduler {
+            scope,
             store,
             config,
             client,
@@ -190,12 +212,16 @@ impl Scheduler {
         let wake = self.store.wake_handle();
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
+        // The store wakes one waiter: the partners' scheduler. The operator's looks every 200 ms.
+        let own_pace = this.scope == Scope::Operator;
         loop {
-            if this
-                .config
-                .test_hooks
-                .pause_scheduler
-                .load(Ordering::Relaxed)
+            // The test hook stalls the partners' scheduler, as a stalled scheduler would be.
+            if !own_pace
+                && this
+                    .config
+                    .test_hooks
+                    .pause_scheduler
+                    .load(Ordering::Relaxed)
             {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
@@ -214,8 +240,13 @@ impl Scheduler {
                 }
                 None => Duration::from_secs(1),
             };
+            let sleep = if own_pace {
+                sleep.min(Duration::from_millis(200))
+            } else {
+                sleep
+            };
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notified(), if !own_pace => {}
                 _ = this.handle.shared.done.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.wait() => break,
@@ -249,12 +280,16 @@ impl Scheduler {
         if !self.store.writable() {
             return Some(now + 1_000);
         }
-        let slots = Slots::new(self.config.delivery.max_in_flight);
+        let slots = Slots::new(match self.scope {
+            Scope::Partners => self.config.delivery.max_in_flight,
+            Scope::Operator => crate::notifications::OPERATOR_MAX_IN_FLIGHT as usize,
+        });
         let mut next_due: Option<u64> = None;
         let mut note = |t: u64| next_due = Some(next_due.map_or(t, |n| n.min(t)));
         // Start each round at a different endpoint so none is always served last.
         let mut endpoints = self.store.endpoints();
-        endpoints.retain(|ep| ep.enabled);
+        let operator = self.scope == Scope::Operator;
+        endpoints.retain(|ep| ep.enabled && crate::notifications::is_operator(ep) == operator);
         if !endpoints.is_empty() {
             let start = self.round.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
             endpoints.rotate_left(start);
