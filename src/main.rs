@@ -223,8 +223,9 @@ fn serve(path: Option<PathBuf>, accept_data_loss: bool) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Logging goes to stderr: said once, in the configured log format.
-            tracing::error!("{e:#}");
+            // Logging goes to stderr: said once, in the configured log format. `{e}`, not `{e:#}`:
+            // every message of ours already ends with its cause, which `:#` would repeat.
+            tracing::error!("{e}");
             match e.downcast_ref::<preflix_webhookd::RunError>() {
                 Some(preflix_webhookd::RunError::Config(_)) => ExitCode::from(EXIT_CONFIG),
                 // No master key, or the wrong one, for a store with encrypted secrets.

@@ -93,12 +93,19 @@ async fn serve(dir: &Path, extra: &[&str]) -> Result<(Running, Client), i32> {
                 addr,
                 token: token.trim().to_string(),
             };
+            // A daemon that refuses its store serves 503 while it opens, then exits: the probe
+            // must take a dropped connection as "not yet", not panic as `send` would.
             let healthy = tokio::time::timeout(Duration::from_secs(2), async {
                 let req = http::Request::get(format!("http://{addr}/healthz"))
                     .body(http_body_util::Empty::<bytes::Bytes>::new())
                     .unwrap();
-                tokio::net::TcpStream::connect(addr).await.ok()?;
-                Some(send(addr, req).await.0)
+                let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .ok()?;
+                tokio::spawn(conn);
+                Some(sender.send_request(req).await.ok()?.status())
             })
             .await;
             if let Ok(Some(StatusCode::OK)) = healthy {
