@@ -106,6 +106,29 @@ pub struct Endpoint {
     pub secrets: Vec<EndpointSecret>,
 }
 
+#[cfg(test)]
+impl Endpoint {
+    /// A plain enabled endpoint for tests: every event type, no secrets, `max_in_flight` 4.
+    pub(crate) fn sample(num: u64, partner_id: &str, environment: Environment) -> Endpoint {
+        Endpoint {
+            num,
+            partner_id: partner_id.into(),
+            environment,
+            url: "https://hooks.acme.example/preflix".into(),
+            event_types: vec!["*".into()],
+            description: String::new(),
+            headers: Vec::new(),
+            ordered: false,
+            max_in_flight: 4,
+            rate_limit_per_second: None,
+            enabled: true,
+            disabled_reason: None,
+            created_at_ms: 1,
+            secrets: Vec::new(),
+        }
+    }
+}
+
 impl Endpoint {
     pub fn id(&self) -> String {
         endpoint_id(self.num)

@@ -237,19 +237,6 @@ mod tests {
 
     fn endpoint(num: u64) -> Endpoint {
         Endpoint {
-            num,
-            partner_id: "acme-health".into(),
-            environment: crate::model::Environment::Production,
-            url: "https://hooks.acme.example/preflix".into(),
-            event_types: vec!["*".into()],
-            description: String::new(),
-            headers: Vec::new(),
-            ordered: false,
-            max_in_flight: 4,
-            rate_limit_per_second: None,
-            enabled: true,
-            disabled_reason: None,
-            created_at_ms: 1,
             secrets: vec![
                 EndpointSecret {
                     secret: "whsec_new".into(),
@@ -260,6 +247,7 @@ mod tests {
                     expires_at_ms: Some(9),
                 },
             ],
+            ..Endpoint::sample(num, "acme-health", crate::model::Environment::Production)
         }
     }
 

@@ -5,22 +5,7 @@ use super::{DeliveryKey, Store, SEGMENT_SIZE};
 use crate::model::{Delivery, DeliveryStatus, Endpoint, Environment, Event, EventIdRecord};
 
 fn endpoint() -> Endpoint {
-    Endpoint {
-        num: 1,
-        partner_id: "acme-health".into(),
-        environment: Environment::Production,
-        url: "https://hooks.acme.example/preflix".into(),
-        event_types: vec!["*".into()],
-        description: String::new(),
-        headers: Vec::new(),
-        ordered: false,
-        max_in_flight: 4,
-        rate_limit_per_second: None,
-        enabled: true,
-        disabled_reason: None,
-        created_at_ms: 1,
-        secrets: Vec::new(),
-    }
+    Endpoint::sample(1, "acme-health", Environment::Production)
 }
 
 fn event() -> Event {

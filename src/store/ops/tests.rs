@@ -5,22 +5,7 @@ use super::{IngestOutcome, NewEvent, SettleOutcome, Settlement};
 use crate::model::{Attempt, DeadReason, Delivery, Endpoint, Environment};
 
 fn endpoint(partner: &str, environment: Environment) -> Endpoint {
-    Endpoint {
-        num: 0,
-        partner_id: partner.into(),
-        environment,
-        url: "https://hooks.example/preflix".into(),
-        event_types: vec!["*".into()],
-        description: String::new(),
-        headers: Vec::new(),
-        ordered: false,
-        max_in_flight: 4,
-        rate_limit_per_second: None,
-        enabled: true,
-        disabled_reason: None,
-        created_at_ms: 1,
-        secrets: Vec::new(),
-    }
+    Endpoint::sample(0, partner, environment)
 }
 
 fn new_event(id: &str, only_endpoint: Option<u64>) -> NewEvent {
