@@ -1365,39 +1365,38 @@ fn read_token(path: &Path, key: &'static str) -> Result<Option<AdminToken>, Conf
 /// hard-linked to `path`; the link fails if another process created `path` first, whose token
 /// is then used.
 fn generate_token(dir: &Path, path: &Path) -> Result<AdminToken, ConfigError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     let write_error = |io| ConfigError::TokenWrite {
         path: path.to_path_buf(),
         io,
     };
-    fs::create_dir_all(dir).map_err(write_error)?;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    if publish_private(dir, path, &token).map_err(write_error)? {
+        return Ok(AdminToken {
+            token,
+            source: path.to_path_buf(),
+            generated: true,
+        });
+    }
+    read_token(path, "storage.dir")?.ok_or_else(|| write_error(io::ErrorKind::NotFound.into()))
+}
 
-    let temporary = dir.join(format!(".{TOKEN_FILE_NAME}.{}.tmp", std::process::id()));
+/// Writes `text` as the new private file `path` in `dir` so that `path` is absent or complete, even
+/// after a crash (temporary file, fsync, hard link, fsync of the directory). `Ok(false)` when
+/// another process made `path` first: the caller reads that one.
+fn publish_private(dir: &Path, path: &Path, text: &str) -> io::Result<bool> {
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     // A leftover from a start that crashed with the same process id would block `create_new`.
     let _ = fs::remove_file(&temporary);
-    let written = write_new_private(&temporary, &token);
-    let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+    let linked = write_new_private(&temporary, text).and_then(|()| fs::hard_link(&temporary, path));
     let _ = fs::remove_file(&temporary);
     match linked {
-        Ok(()) => {
-            fs::File::open(dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(write_error)?;
-            Ok(AdminToken {
-                token,
-                source: path.to_path_buf(),
-                generated: true,
-            })
-        }
-        Err(io) if io.kind() == io::ErrorKind::AlreadyExists => {
-            match read_token(path, "storage.dir")? {
-                Some(existing) => Ok(existing),
-                None => Err(write_error(io)),
-            }
-        }
-        Err(io) => Err(write_error(io)),
+        Ok(()) => fs::File::open(dir)?.sync_all().map(|()| true),
+        Err(io) if io.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(io) => Err(io),
     }
 }
 

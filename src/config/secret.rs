@@ -1,6 +1,6 @@
 //! The notification secret (contract section 3, `notifications.secret_file`): found, read, or generated on first start.
 
-use super::{process_env, write_new_private, Config, ConfigError};
+use super::{process_env, publish_private, Config, ConfigError};
 use crate::signing::Secret;
 use std::path::{Path, PathBuf};
 use std::{fs, io};
@@ -93,34 +93,19 @@ fn read(path: &Path, key: &'static str) -> Result<Option<NotificationSecret>, Co
     }))
 }
 
-/// Writes a new secret so that `path` is absent or complete, even after a crash (temporary file,
-/// fsync, hard link; a secret another process linked first wins).
+/// Writes a new secret into `path` (see [`publish_private`]); a secret another process wrote first wins.
 fn generate(dir: &Path, path: &Path) -> Result<NotificationSecret, ConfigError> {
+    let secret = Secret::generate().as_str().to_owned();
     let write_error = |io| ConfigError::TokenWrite {
         path: path.to_path_buf(),
         io,
     };
-    fs::create_dir_all(dir).map_err(write_error)?;
-    let secret = Secret::generate().as_str().to_owned();
-    let temporary = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&temporary);
-    let linked =
-        write_new_private(&temporary, &secret).and_then(|()| fs::hard_link(&temporary, path));
-    let _ = fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => {
-            fs::File::open(dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(write_error)?;
-            Ok(NotificationSecret {
-                secret,
-                source: path.to_path_buf(),
-                generated: true,
-            })
-        }
-        Err(io) if io.kind() == io::ErrorKind::AlreadyExists => {
-            read(path, "storage.dir")?.ok_or_else(|| write_error(io))
-        }
-        Err(io) => Err(write_error(io)),
+    if publish_private(dir, path, &secret).map_err(write_error)? {
+        return Ok(NotificationSecret {
+            secret,
+            source: path.to_path_buf(),
+            generated: true,
+        });
     }
+    read(path, "storage.dir")?.ok_or_else(|| write_error(io::ErrorKind::NotFound.into()))
 }
