@@ -1,6 +1,7 @@
 //! The HTTP interface: connections, routing, the admin token, body limits, and the one place errors become responses.
 
 mod conn;
+mod console;
 mod dead_letters;
 mod endpoints;
 mod events;
@@ -298,6 +299,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let method = req.method().clone();
     if method == Method::GET && segments == ["healthz"] {
         return Ok(status::healthz(state));
+    }
+    // The console's files hold no data: served without a token (the page asks for one).
+    if let (&Method::GET, ["console", rest @ ..]) = (&method, segments.as_slice()) {
+        return console::serve(rest, req.headers());
     }
     authorize(state, &req)?;
     if !state.ready.load(Ordering::Relaxed) {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod console;
 mod crash;
 mod delivery;
 mod diskfull;
