@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use preflix_webhookd::delivery::retry::{decide, AttemptResult, RetryPolicy};
 use preflix_webhookd::model::{Attempt, Delivery, DeliveryStatus, Environment, Event};
 use preflix_webhookd::signing::{sign, Secret, Verifier};
-use preflix_webhookd::store::codec::Record;
+use preflix_webhookd::store::sled::codec::Record;
 use std::time::Duration;
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -42,10 +42,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
-/// Memory sled may use for its page cache. Small on purpose: with a million pending deliveries the
-/// process stays under 300 MiB (sled's own overhead comes on top); see BENCHMARKS.md.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
-
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -99,7 +95,7 @@ pub async fn run_with(
     stop_http.fire();
     let _ = http.await;
     if let Some(state) = slot.get() {
-        state.store.close_async().await.map_err(RunError::Close)?;
+        state.store.close().await.map_err(RunError::Close)?;
     }
     tracing::info!("preflix-webhookd stopped");
     result
@@ -136,20 +132,12 @@ async fn start_and_run(
         tracing::info!(path = %key.source().display(), "endpoint secrets are stored encrypted");
     }
     let config = Arc::new(config);
-    let dir = config.storage.dir.clone();
-    let store = tokio::task::spawn_blocking(move || {
-        store::Store::open_checked(&dir, CACHE_BYTES, keys, open).map_err(|source| {
-            RunError::Store {
-                dir: dir.clone(),
-                source,
-            }
-        })
-    })
-    .await
-    .map_err(|e| RunError::Store {
-        dir: config.storage.dir.clone(),
-        source: store::StoreError::Corrupt(format!("opening it failed: {e}")),
-    })??;
+    let store = store::Store::open(&config, keys, open)
+        .await
+        .map_err(|source| RunError::Store {
+            dir: config.storage.dir.clone(),
+            source,
+        })?;
     if let Some(mark) = store.damage_mark() {
         tracing::error!(
             dir = %config.storage.dir.display(),
@@ -249,11 +237,8 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
     let mut last_purge = Instant::now();
     loop {
         update_storage_figures(&state);
-        let store = state.store.clone();
-        match tokio::task::spawn_blocking(move || store.refresh_oldest_pending()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot find the oldest pending delivery"),
-            Err(e) => tracing::warn!(error = %e, "finding the oldest pending delivery failed"),
+        if let Err(e) = state.store.refresh_oldest_pending().await {
+            tracing::warn!(error = %e, "cannot find the oldest pending delivery");
         }
         if let Err(e) = notifications::round(&state.store, &state.config, api::now_ms()).await {
             tracing::warn!(error = %e, "operator notifications could not be decided");
@@ -273,10 +258,9 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
 /// measures, the store adds what each commit writes to its estimate (see `store::health`).
 fn update_storage_figures(state: &AppState) {
     state.store.measure();
-    state
-        .metrics
-        .storage_bytes
-        .set(state.store.size_on_disk() as i64);
+    if let Some(bytes) = state.store.size_on_disk() {
+        state.metrics.storage_bytes.set(bytes as i64);
+    }
 }
 
 /// Retention: final events and old dead letters, in small batches that never hold the writer long.

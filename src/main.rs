@@ -324,7 +324,7 @@ fn check(path: Option<PathBuf>, clear_damage_mark: bool) -> ExitCode {
     }
     println!("the store in {} is healthy", dir.display());
     if clear_damage_mark {
-        match preflix_webhookd::store::watermark::clear_damage_mark(dir) {
+        match preflix_webhookd::store::sled::watermark::clear_damage_mark(dir) {
             Ok(true) => println!("damage mark cleared"),
             Ok(false) => println!("no damage mark to clear"),
             Err(e) => {

@@ -5,6 +5,7 @@ use super::{
     AppState,
 };
 use crate::model::{endpoint_id, format_time, parse_numbered_id, DeadLetter};
+use crate::store::DeadLetterFilter;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub fn list(state: &AppState, query: &str) -> ApiResult {
+pub async fn list(state: &AppState, query: &str) -> ApiResult {
     let limit = match query_param(query, "limit") {
         None => DEFAULT_LIMIT,
         Some(l) => l
@@ -28,17 +29,18 @@ pub fn list(state: &AppState, query: &str) -> ApiResult {
         Some(c) => parse_numbered_id("dl_", &c)
             .ok_or_else(|| ApiError::invalid("`after` is not a cursor from a previous page"))?,
     };
-    let filter = Filter::from_query(state, query)?;
-    let mut page = state
-        .store
-        .dead_letters(after, limit + 1, |dl| filter.keep(state, dl))?;
+    let filter = filter_from_query(query);
+    let mut page = state.store.dead_letters(after, limit + 1, &filter).await?;
     let next = if page.len() > limit {
         page.truncate(limit);
         page.last().map(|dl| dl.id())
     } else {
         None
     };
-    let items: Vec<Value> = page.iter().map(|dl| view(state, dl)).collect();
+    let mut items: Vec<Value> = Vec::with_capacity(page.len());
+    for dl in &page {
+        items.push(view(state, dl).await);
+    }
     Ok(json(
         StatusCode::OK,
         &json!({"dead_letters": items, "next": next}),
@@ -60,8 +62,8 @@ pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
 pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let map = read_json_object(state, req).await?;
     only_fields(&map, &["endpoint_id", "event_type"])?;
-    let filter = Filter {
-        endpoint: match opt_str(&map, "endpoint_id")? {
+    let filter = DeadLetterFilter {
+        endpoint_num: match opt_str(&map, "endpoint_id")? {
             None => None,
             Some(id) => {
                 Some(parse_numbered_id("ep_", id).ok_or_else(|| ApiError::not_found("endpoint"))?)
@@ -72,9 +74,7 @@ pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let mut after = 0;
     let mut requeued = 0;
     loop {
-        let page = state
-            .store
-            .dead_letters(after, 1000, |dl| filter.keep(state, dl))?;
+        let page = state.store.dead_letters(after, 1000, &filter).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         let redriven = state
@@ -97,39 +97,18 @@ pub async fn delete(state: &AppState, id: &str) -> ApiResult {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-struct Filter {
-    endpoint: Option<u64>,
-    event_type: Option<String>,
-}
-
-impl Filter {
-    fn from_query(_state: &AppState, query: &str) -> Result<Filter, ApiError> {
-        Ok(Filter {
-            // An id that cannot exist matches nothing.
-            endpoint: query_param(query, "endpoint_id")
-                .map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
-            event_type: query_param(query, "event_type"),
-        })
-    }
-
-    fn keep(&self, state: &AppState, dl: &DeadLetter) -> bool {
-        if self.endpoint.is_some_and(|e| e != dl.endpoint_num) {
-            return false;
-        }
-        match &self.event_type {
-            None => true,
-            Some(t) => state
-                .store
-                .event(dl.event_seq)
-                .ok()
-                .flatten()
-                .is_some_and(|ev| &ev.event_type == t),
-        }
+/// The filter of `GET /v1/dead-letters`' query.
+fn filter_from_query(query: &str) -> DeadLetterFilter {
+    DeadLetterFilter {
+        // An id that cannot exist matches nothing.
+        endpoint_num: query_param(query, "endpoint_id")
+            .map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),
+        event_type: query_param(query, "event_type"),
     }
 }
 
-fn view(state: &AppState, dl: &DeadLetter) -> Value {
-    let event = state.store.event(dl.event_seq).ok().flatten();
+async fn view(state: &AppState, dl: &DeadLetter) -> Value {
+    let event = state.store.event(dl.event_seq).await.ok().flatten();
     let endpoint = state.store.endpoint(dl.endpoint_num);
     json!({
         "id": dl.id(),

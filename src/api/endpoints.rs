@@ -283,7 +283,7 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
     let mut after = 0u64;
     let mut total = 0u32;
     loop {
-        let events = state.store.events_from(after, 1000)?;
+        let events = state.store.events_from(after, 1000).await?;
         let Some(last) = events.last() else { break };
         after = last.seq;
         let mut pairs = Vec::new();
@@ -296,7 +296,7 @@ async fn recover(state: &AppState, ep: &Endpoint, req: Request<Incoming>) -> Api
             {
                 continue;
             }
-            let covered = state.store.event_deliveries(ev)?.iter().any(|d| {
+            let covered = state.store.event_deliveries(ev).await?.iter().any(|d| {
                 d.endpoint_num == ep.num
                     && matches!(
                         d.status,

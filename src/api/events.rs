@@ -119,12 +119,13 @@ pub async fn create_batch(state: &AppState, req: Request<Incoming>) -> ApiResult
     Ok(json(StatusCode::OK, &json!({"results": results})))
 }
 
-pub fn get(state: &AppState, id: &str) -> ApiResult {
+pub async fn get(state: &AppState, id: &str) -> ApiResult {
     let event = state
         .store
-        .event_by_id(id)?
+        .event_by_id(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let deliveries = state.store.event_deliveries(&event)?;
+    let deliveries = state.store.event_deliveries(&event).await?;
     let payload: Value = serde_json::from_slice(&event.payload).unwrap_or(Value::Null);
     let deliveries: Vec<Value> = deliveries
         .iter()
@@ -170,7 +171,8 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
     only_fields(&map, &["endpoint_id"])?;
     let event = state
         .store
-        .event_by_id(id)?
+        .event_by_id(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
     let targets: Vec<u64> = match opt_str(&map, "endpoint_id")? {
         Some(ep_id) => {
@@ -182,7 +184,8 @@ pub async fn redeliver(state: &AppState, id: &str, req: Request<Incoming>) -> Ap
         None => {
             let mut nums: Vec<u64> = state
                 .store
-                .event_deliveries(&event)?
+                .event_deliveries(&event)
+                .await?
                 .iter()
                 .map(|d| d.endpoint_num)
                 .collect();

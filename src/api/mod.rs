@@ -100,7 +100,10 @@ impl From<StoreError> for ApiError {
                 "storage_full",
                 format!("{why}; nothing was stored, retry later"),
             ),
-            StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Sled(_) => {
+            StoreError::Unavailable(_)
+            | StoreError::Io(_)
+            | StoreError::Sled(_)
+            | StoreError::Fenced => {
                 tracing::warn!(error = %e, "a request met a storage failure");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -312,7 +315,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "events"]) => events::create(state, req).await,
         (&Method::POST, ["v1", "events", "batch"]) => events::create_batch(state, req).await,
-        (&Method::GET, ["v1", "events", id]) => events::get(state, id),
+        (&Method::GET, ["v1", "events", id]) => events::get(state, id).await,
         (&Method::POST, ["v1", "events", id, "redeliver"]) => {
             let id = id.to_string();
             events::redeliver(state, &id, req).await
@@ -331,7 +334,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
             let (id, action) = (id.to_string(), action.to_string());
             endpoints::action(state, &id, &action, req).await
         }
-        (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, &query),
+        (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, &query).await,
         (&Method::POST, ["v1", "dead-letters", "retry"]) => {
             dead_letters::retry_many(state, req).await
         }
@@ -339,8 +342,8 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
             dead_letters::retry_one(state, id).await
         }
         (&Method::DELETE, ["v1", "dead-letters", id]) => dead_letters::delete(state, id).await,
-        (&Method::GET, ["status"]) => status::status(state),
-        (&Method::GET, ["metrics"]) => Ok(status::metrics(state, req.headers())),
+        (&Method::GET, ["status"]) => status::status(state).await,
+        (&Method::GET, ["metrics"]) => status::metrics(state, req.headers()).await,
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -3,7 +3,7 @@
 use super::{json, now_ms, ApiResult, AppState, Body};
 use crate::catalog;
 use crate::model::{endpoint_id, format_time};
-use crate::store::health::Fault;
+use crate::store::{Counters, Fault, StoreError};
 use crate::telemetry::{self, Snapshot};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -63,12 +63,17 @@ fn scheduler_idle_ms(state: &AppState) -> u64 {
 
 /// Seconds since the oldest pending delivery (attempts under way included) became pending; `None`
 /// when nothing is pending. Read from what the store keeps (see `store::oldest`): no scan.
-fn oldest_pending_age_ms(state: &AppState, now: u64) -> Option<u64> {
-    if state.store.counters().pending == 0 {
-        return None;
+async fn oldest_pending_age_ms(
+    state: &AppState,
+    counters: &Counters,
+    now: u64,
+) -> Result<Option<u64>, StoreError> {
+    if counters.pending == 0 {
+        return Ok(None);
     }
     // Pending since the last refresh (at most a second ago) and not seen yet: it is that young.
-    Some(now.saturating_sub(state.store.oldest_pending_since().unwrap_or(now)))
+    let since = state.store.oldest_pending_since().await?;
+    Ok(Some(now.saturating_sub(since.unwrap_or(now))))
 }
 
 pub fn event_types() -> Response<Body> {
@@ -79,8 +84,8 @@ pub fn event_types() -> Response<Body> {
     json(StatusCode::OK, &json!({"event_types": types}))
 }
 
-pub fn status(state: &AppState) -> ApiResult {
-    let c = state.store.counters();
+pub async fn status(state: &AppState) -> ApiResult {
+    let c = state.store.counters().await?;
     let in_flight = state.scheduler.in_flight_count();
     // `pending` is what waits for an attempt; `retrying` the part of it that failed before. Both
     // leave out the attempts under way (the counters include them). The figures are read at
@@ -96,7 +101,7 @@ pub fn status(state: &AppState) -> ApiResult {
         if crate::notifications::is_operator(&ep) {
             continue;
         }
-        let h = state.store.health(ep.num)?;
+        let h = state.store.health(ep.num).await?;
         let health = if !ep.enabled {
             "disabled"
         } else if h.consecutive_failures > 0 {
@@ -104,13 +109,14 @@ pub fn status(state: &AppState) -> ApiResult {
         } else {
             "healthy"
         };
-        let pending = state.scheduler.endpoint_pending(ep.num);
+        let pending = state.scheduler.endpoint_pending(ep.num).await?;
         // The head of its queue: the earliest due (the only one that may go, when ordered).
         let next_attempt_at = if pending > 0 {
             state
                 .store
-                .first_queue_entry(ep.num, 0)?
-                .map(|e| format_time(e.due_ms))
+                .queue_head(&ep)
+                .await?
+                .map(|head| format_time(head.due_ms))
         } else {
             None
         };
@@ -132,12 +138,15 @@ pub fn status(state: &AppState) -> ApiResult {
             "next_attempt_at": next_attempt_at,
         }));
     }
-    let oldest = oldest_pending_age_ms(state, now).map(|ms| ms / 1000);
+    let oldest = oldest_pending_age_ms(state, &c, now)
+        .await?
+        .map(|ms| ms / 1000);
     Ok(json(
         StatusCode::OK,
         &json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": state.started.elapsed().as_secs(),
+            "backend": state.store.backend_name(),
             "storage": storage_status(state),
             "queue": {
                 "pending": pending,
@@ -159,7 +168,10 @@ pub fn status(state: &AppState) -> ApiResult {
 /// `storage` in `/status`; `damaged` appears once a damaged store was started with
 /// `--accept-data-loss`, until `check --clear-damage-mark`.
 fn storage_status(state: &AppState) -> Value {
-    let mut storage = json!({"dir": state.store.dir().display().to_string(), "bytes": state.metrics.storage_bytes.get()});
+    let mut storage = json!({"bytes": state.metrics.storage_bytes.get()});
+    if let Some(dir) = state.store.dir() {
+        storage["dir"] = json!(dir.display().to_string());
+    }
     if let Some(mark) = state.store.damage_mark() {
         storage["damaged"] = json!({"since": mark.since, "detail": mark.detail});
     }
@@ -167,13 +179,15 @@ fn storage_status(state: &AppState) -> Value {
 }
 
 /// The Prometheus text format (0.0.4), or OpenMetrics when the scraper's `accept` asks for it.
-pub fn metrics(state: &AppState, headers: &http::HeaderMap) -> Response<Body> {
+pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> ApiResult {
     let now = now_ms();
+    let counters = state.store.counters().await?;
+    let oldest_ms = oldest_pending_age_ms(state, &counters, now).await?;
     let text = state.metrics.render(&Snapshot {
-        counters: state.store.counters(),
+        counters,
         in_flight: state.scheduler.in_flight_count(),
         retrying_in_flight: state.scheduler.retrying_in_flight_count(),
-        oldest_pending_age_seconds: oldest_pending_age_ms(state, now).unwrap_or(0) as f64 / 1000.0,
+        oldest_pending_age_seconds: oldest_ms.unwrap_or(0) as f64 / 1000.0,
         scheduler_idle_seconds: scheduler_idle_ms(state) as f64 / 1000.0,
     });
     let (content_type, text) = if wants_openmetrics(headers) {
@@ -184,11 +198,11 @@ pub fn metrics(state: &AppState, headers: &http::HeaderMap) -> Response<Body> {
             telemetry::to_prometheus_text(&text),
         )
     };
-    Response::builder()
+    Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(text)))
-        .expect("valid response")
+        .expect("valid response"))
 }
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

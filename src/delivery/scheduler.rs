@@ -1,9 +1,9 @@
 //! The scheduler: claims due deliveries from the store's queue, runs attempts within the limits, settles outcomes.
 //!
-//! It keeps in memory only what is under way (claimed deliveries, per-endpoint counts and rate buckets);
-//! the queue itself stays in the store and is read a few entries per endpoint at a time, so a million
-//! pending deliveries cost no memory here. A claim is never written to disk: if the process dies, the
-//! delivery is still in the queue, due, and is attempted again after the restart.
+//! It keeps in memory only this node's budget: attempts under way per endpoint, rate buckets, and
+//! deliveries held back after a failed settle. It never reads a queue and does not know the backend:
+//! [`Store::claim`] hands it due deliveries with what their attempts need, [`Store::settle`] records
+//! the outcomes, [`Store::release`] ends each claim (see `store`'s notes on claims).
 
 use super::attempt::{Client, Outcome};
 use super::fairness::Slots;
@@ -11,9 +11,9 @@ use super::retry::{self, AttemptResult, Decision, RetryPolicy};
 use crate::config::Config;
 use crate::model::{Attempt, DeadReason, Endpoint};
 use crate::shutdown::Shutdown;
-use crate::store::{QueueEntry, SettleOutcome, Settlement, Store};
+use crate::store::{ClaimAsk, Claimed, SettleOutcome, Settlement, Store, StoreError};
 use crate::telemetry::Metrics;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +29,6 @@ pub struct SchedulerHandle {
 
 #[derive(Default)]
 struct Shared {
-    /// Deliveries with an attempt under way.
-    claimed: Mutex<HashSet<u64>>,
     in_flight: AtomicUsize,
     /// Attempts under way per endpoint.
     per_endpoint: Mutex<HashMap<u64, EndpointRun>>,
@@ -38,7 +36,7 @@ struct Shared {
     done: Notify,
     /// Unix ms of the scheduler's last loop: the watchdog proves the scheduler is alive with it.
     heartbeat_ms: AtomicU64,
-    /// The store, for the queue figures a status request asks for.
+    /// The store, for the queue figures a status request asks for and the claims under way.
     store: std::sync::OnceLock<Store>,
     /// Attempts under way for deliveries that have failed before in their round (`retrying`).
     retrying_in_flight: AtomicUsize,
@@ -66,17 +64,11 @@ struct EndpointRun {
     /// Token bucket for `rate_limit_per_second`: tokens and when they were last topped up.
     tokens: f64,
     refilled: Option<Instant>,
-    /// The queue position (sort, delivery) of the last entry handed out, and since when the cursor runs.
-    /// Entries before it are under way or settled, so the next read starts after it instead of
-    /// re-reading every claimed entry; it restarts from the head when nothing is under way and at
-    /// least once a second, so an entry that lands behind it (clock step, `ordered` switched off) waits
-    /// at most that long.
-    cursor: Option<((u64, u64), Instant)>,
-    /// At its last queue read, the endpoint had due deliveries it was not allowed to start: with
+    /// At its last claim, the endpoint had due deliveries it was not allowed to start: with
     /// attempts under way, this makes it one of the endpoints with work that share the slots.
     wants_more: bool,
-    /// Its last read, with only first-attempt slots open to it, found only retries: until then it
-    /// reads again only once retries may start, so blocked retries are not re-read every round.
+    /// Its last claim, with only first-attempt slots open to it, found only retries: until then it
+    /// asks again only once retries may start, so blocked retries are not re-read every round.
     only_retries_until: Option<Instant>,
 }
 
@@ -97,18 +89,7 @@ struct Budget {
 /// attempts again while retries may not start.
 const ONLY_RETRIES_PAUSE: Duration = Duration::from_millis(20);
 
-/// When part of an endpoint's room is only for first attempts, retries in the way are read and
-/// skipped: this many more entries are read to find first attempts behind them.
-const SKIP_READ: usize = 32;
-
-/// How long a queue cursor is trusted before the next read starts from the head again.
-const CURSOR_LIFETIME: Duration = Duration::from_secs(1);
-
 impl Shared {
-    fn claims(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.claimed.lock().expect("claims lock is never poisoned")
-    }
-
     fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, EndpointRun>> {
         self.per_endpoint
             .lock()
@@ -117,8 +98,12 @@ impl Shared {
 }
 
 impl SchedulerHandle {
+    /// Whether an attempt of this delivery is under way (asked of the store's claims).
     pub fn is_in_flight(&self, delivery_seq: u64) -> bool {
-        self.shared.claims().contains(&delivery_seq)
+        self.shared
+            .store
+            .get()
+            .is_some_and(|s| s.is_claimed(delivery_seq))
     }
 
     pub fn in_flight_count(&self) -> usize {
@@ -131,11 +116,13 @@ impl SchedulerHandle {
     }
 
     /// Pending deliveries of an endpoint that are not under way.
-    pub fn endpoint_pending(&self, num: u64) -> u64 {
-        let store = self.shared.store.get();
-        let pending = store.map(|s| s.endpoint_pending(num)).unwrap_or(0);
+    pub async fn endpoint_pending(&self, num: u64) -> Result<u64, StoreError> {
+        let pending = match self.shared.store.get() {
+            Some(store) => store.endpoint_pending(num).await?,
+            None => 0,
+        };
         let running = self.shared.runs().get(&num).map_or(0, |r| r.in_flight);
-        pending.saturating_sub(u64::from(running))
+        Ok(pending.saturating_sub(u64::from(running)))
     }
 
     /// When the scheduler last went round its loop, unix ms.
@@ -232,7 +219,7 @@ impl Scheduler {
                 .shared
                 .heartbeat_ms
                 .store(now_ms(), Ordering::Relaxed);
-            let next_due = this.dispatch(&mut tasks);
+            let next_due = this.dispatch(&mut tasks).await;
             while tasks.try_join_next().is_some() {}
             let sleep = match next_due {
                 Some(due) => {
@@ -273,7 +260,7 @@ impl Scheduler {
     }
 
     /// Claims what is due within the limits and starts its attempts. Returns the next due time it saw.
-    fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
+    async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Option<u64> {
         let now = now_ms();
         // While the store cannot be written no outcome could be recorded: claim nothing. The
         // store wakes the scheduler when it takes writes again; until then look once a second.
@@ -294,7 +281,7 @@ impl Scheduler {
             let start = self.round.fetch_add(1, Ordering::Relaxed) as usize % endpoints.len();
             endpoints.rotate_left(start);
         }
-        let (share, busy) = self.fair_share(&slots, &endpoints, now, &mut note);
+        let (share, busy) = self.fair_share(&slots, &endpoints, now, &mut note).await;
         for (ep, busy) in endpoints.into_iter().zip(busy) {
             if !busy {
                 continue;
@@ -310,18 +297,18 @@ impl Scheduler {
             if budget.room == 0 {
                 continue;
             }
-            let claimed = match self.due_entries(&ep, now, &slots, budget, &mut note) {
+            let claimed = match self.claim_due(&ep, now, &slots, budget, &mut note).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the queue failed");
+                    tracing::error!(error = %e, "claiming due deliveries failed");
                     continue;
                 }
             };
-            for entry in claimed {
-                self.claim(&ep, entry.delivery.seq);
+            for claimed in claimed {
+                self.count_claim(&ep);
                 let this = self.clone();
                 let ep = ep.clone();
-                tasks.spawn(async move { this.run_attempt(ep, entry).await });
+                tasks.spawn(async move { this.run_attempt(ep, claimed).await });
             }
         }
         next_due
@@ -332,7 +319,7 @@ impl Scheduler {
     /// at here for the others, so that endpoints starting together share from the first round).
     /// Also returns, for each endpoint, whether it may have due work (when not, its queue is not
     /// read this round).
-    fn fair_share(
+    async fn fair_share(
         &self,
         slots: &Slots,
         endpoints: &[Arc<Endpoint>],
@@ -353,16 +340,14 @@ impl Scheduler {
         let mut busy = Vec::with_capacity(endpoints.len());
         for (ep, known) in endpoints.iter().zip(known) {
             let working = known
-                || match self.store.first_queue_entry(ep.num, 0) {
-                    // Unordered, the head is the earliest due, unless it is still in the ordered
-                    // form (`ordered` just switched off).
-                    Ok(Some(head)) if head.due_ms > now && (ep.ordered || head.sort != 0) => {
+                || match self.store.queue_head(ep).await {
+                    Ok(Some(head)) if head.due_ms > now && head.earliest => {
                         note(head.due_ms);
                         false
                     }
                     Ok(Some(_)) => true,
                     Ok(None) => false,
-                    // Read again, and the error logged, when its queue is read.
+                    // Asked again, and the error logged, when it claims.
                     Err(_) => true,
                 };
             if working {
@@ -420,146 +405,57 @@ impl Scheduler {
         (budget, None)
     }
 
-    /// Up to `budget.room` due deliveries of this endpoint that are not already under way and that
-    /// the slot rules admit, in queue order.
-    fn due_entries(
+    /// Claims up to `budget.room` due deliveries of this endpoint that the slot rules admit, in
+    /// queue order, and notes what the store says of the rest.
+    async fn claim_due(
         &self,
         ep: &Endpoint,
         now: u64,
         slots: &Slots,
         budget: Budget,
         note: &mut impl FnMut(u64),
-    ) -> Result<Vec<QueueEntry>, crate::store::StoreError> {
-        let room = budget.room;
-        // Whether the n-th entry taken in this round (0-based) may start.
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // Whether the n-th delivery taken in this round (0-based) may start.
         let admits = |n: usize, retry: bool| {
             slots.admits(budget.total + n, budget.mine + n, budget.cap, retry)
         };
-        let cursor = {
-            let mut runs = self.handle.shared.runs();
-            let run = runs.entry(ep.num).or_default();
-            if run.in_flight == 0
-                || run
-                    .cursor
-                    .is_some_and(|(_, at)| at.elapsed() > CURSOR_LIFETIME)
-            {
-                run.cursor = None;
-            }
-            run.cursor.map(|(position, _)| position)
-        };
-        // The claims stay locked from before the queue is read until they are checked. An attempt
-        // releases its claim only after its outcome is committed, so an entry read here is either
-        // still claimed or already settled. Checked after the read, an attempt could settle and
-        // release in between, and its delivery would be sent again.
-        let claimed = self.handle.shared.claims();
-        if ep.ordered {
-            // Only the head may go, and only when nothing of this endpoint is under way.
-            let Some(head) = self.store.first_queue_entry(ep.num, 0)? else {
-                drop(claimed);
-                self.set_wants_more(ep.num, false);
-                return Ok(vec![]);
-            };
-            if claimed.contains(&head.delivery.seq) {
-                return Ok(vec![]);
-            }
-            drop(claimed);
-            if self.held_until(head.delivery.seq, now, note).is_some() {
-                self.set_wants_more(ep.num, false);
-                return Ok(vec![]);
-            }
-            if head.due_ms > now {
-                note(head.due_ms);
-                self.set_wants_more(ep.num, false);
-                return Ok(vec![]);
-            }
-            if !admits(0, head.retry) {
-                self.set_wants_more(ep.num, true);
-                return Ok(vec![]);
-            }
-            self.set_wants_more(ep.num, false);
-            return Ok(vec![head]);
+        let held_until = |seq: u64| self.held_until(seq);
+        let round = self
+            .store
+            .claim(
+                ep,
+                ClaimAsk {
+                    now_ms: now,
+                    room: budget.room,
+                    admits: &admits,
+                    held_until: &held_until,
+                },
+            )
+            .await?;
+        if let Some(t) = round.next_due_ms {
+            note(t);
         }
-        // From the cursor on, entries are not claimed (claims sit before it), so `room` entries suffice;
-        // from the head, the claimed ones are read and skipped. When some of the room is only for
-        // first attempts, a few more are read, so that first attempts behind retries are found.
-        let mut limit = if cursor.is_some() {
-            room
-        } else {
-            room + claimed.len()
-        };
-        if !admits(0, true) || !admits(room - 1, true) {
-            limit += SKIP_READ;
+        let mut runs = self.handle.shared.runs();
+        let run = runs.entry(ep.num).or_default();
+        run.wants_more = round.wants_more;
+        if round.only_retries {
+            run.only_retries_until = Some(Instant::now() + ONLY_RETRIES_PAUSE);
         }
-        let entries = self.store.queue_entries_after(ep.num, cursor, now, limit)?;
-        let mut due: Vec<QueueEntry> = Vec::new();
-        // The cursor moves past what is taken or under way, never past an entry left waiting.
-        let mut passed: Option<&QueueEntry> = None;
-        let mut left_waiting = false;
-        for e in &entries {
-            if due.len() == room {
-                break;
-            }
-            if claimed.contains(&e.delivery.seq) {
-                if !left_waiting {
-                    passed = Some(e);
-                }
-                continue;
-            }
-            // A delivery whose last outcome could not be stored waits (`hold`) like one not due.
-            if e.due_ms <= now
-                && admits(due.len(), e.retry)
-                && self.held_until(e.delivery.seq, now, note).is_none()
-            {
-                due.push(*e);
-                if !left_waiting {
-                    passed = Some(e);
-                }
-            } else {
-                left_waiting = true;
-            }
-        }
-        drop(claimed);
-        let cut_short = left_waiting || entries.len() >= limit;
-        {
-            let mut runs = self.handle.shared.runs();
-            let run = runs.entry(ep.num).or_default();
-            run.wants_more = cut_short;
-            if due.is_empty() && left_waiting && !admits(0, true) {
-                run.only_retries_until = Some(Instant::now() + ONLY_RETRIES_PAUSE);
-            }
-            if let Some(last) = passed.filter(|_| !due.is_empty()) {
-                let since = run.cursor.map_or_else(Instant::now, |(_, at)| at);
-                run.cursor = Some(((last.sort, last.delivery.seq), since));
-            }
-        }
-        if due.len() < room {
-            if let Some(next) = self.store.first_queue_entry(ep.num, now + 1)? {
-                note(next.due_ms);
-            }
-        }
-        Ok(due)
+        Ok(round.claimed)
     }
 
-    fn set_wants_more(&self, num: u64, wants_more: bool) {
-        if let Some(run) = self.handle.shared.runs().get_mut(&num) {
-            run.wants_more = wants_more;
-        }
-    }
-
-    /// When a delivery held back after a failed settle may go again, if that is after `now`.
-    fn held_until(&self, seq: u64, now: u64, note: &mut impl FnMut(u64)) -> Option<u64> {
+    /// When a delivery held back after a failed settle may go again (the store compares it with now).
+    fn held_until(&self, seq: u64) -> Option<u64> {
         let held = self
             .handle
             .shared
             .held
             .lock()
             .expect("held lock is never poisoned");
-        let until = held.get(&seq)?.not_before_ms;
-        drop(held);
-        (until > now).then(|| {
-            note(until);
-            until
-        })
+        if held.is_empty() {
+            return None;
+        }
+        held.get(&seq).map(|h| h.not_before_ms)
     }
 
     /// Holds a delivery back after its outcome could not be stored, longer after each failure.
@@ -588,8 +484,8 @@ impl Scheduler {
         );
     }
 
-    fn claim(&self, ep: &Endpoint, seq: u64) {
-        self.handle.shared.claims().insert(seq);
+    /// Counts a claimed delivery against this node's budget.
+    fn count_claim(&self, ep: &Endpoint) {
         self.handle.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut runs = self.handle.shared.runs();
         let run = runs.entry(ep.num).or_default();
@@ -599,8 +495,10 @@ impl Scheduler {
         }
     }
 
-    fn release(&self, endpoint_num: u64, seq: u64) {
-        self.handle.shared.claims().remove(&seq);
+    /// Ends a claim in the store and gives its slot back.
+    fn release(&self, claim: crate::store::Claim) {
+        self.store.release(claim);
+        let endpoint_num = claim.endpoint_num;
         self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut runs = self.handle.shared.runs();
         if let Some(run) = runs.get_mut(&endpoint_num) {
@@ -610,16 +508,18 @@ impl Scheduler {
         self.handle.shared.done.notify_one();
     }
 
-    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, entry: QueueEntry) {
+    async fn run_attempt(self: Arc<Self>, ep: Arc<Endpoint>, claimed: Claimed) {
         // Released on every path out, including an abort at the end of the shutdown grace.
-        struct Release<'a>(&'a Scheduler, u64, u64);
+        struct Release<'a>(&'a Scheduler, crate::store::Claim);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                self.0.release(self.1, self.2);
+                self.0.release(self.1);
             }
         }
-        let _release = Release(&self, ep.num, entry.delivery.seq);
-        match self.attempt_and_settle(&ep, entry).await {
+        let claim = claimed.claim;
+        let seq = claim.delivery.seq;
+        let _release = Release(&self, claim);
+        match self.attempt_and_settle(&ep, claimed).await {
             Ok(()) => {
                 let mut held = self
                     .handle
@@ -628,34 +528,28 @@ impl Scheduler {
                     .lock()
                     .expect("held lock is never poisoned");
                 if !held.is_empty() {
-                    held.remove(&entry.delivery.seq);
+                    held.remove(&seq);
                 }
+            }
+            Err(StoreError::Fenced) => {
+                // Another node holds the delivery now: its result stands, this one is dropped.
+                tracing::warn!(delivery_id = %crate::model::delivery_id(seq), "an attempt's outcome was dropped: its claim had passed to another node");
             }
             Err(e) => {
                 // Held back before the claim is released, so it is not claimed again at once.
-                self.hold(entry.delivery.seq);
-                tracing::error!(error = %e, delivery_id = %crate::model::delivery_id(entry.delivery.seq), "storing an attempt's outcome failed; the delivery waits before it is attempted again");
+                self.hold(seq);
+                tracing::error!(error = %e, delivery_id = %crate::model::delivery_id(seq), "storing an attempt's outcome failed; the delivery waits before it is attempted again");
             }
         }
     }
 
-    async fn attempt_and_settle(
-        &self,
-        ep: &Endpoint,
-        entry: QueueEntry,
-    ) -> Result<(), crate::store::StoreError> {
-        let key = entry.delivery;
-        let delivery = match self.store.event(key.event_seq)? {
-            Some(event) => self
-                .store
-                .delivery_of(&event, key.seq)?
-                .map(|delivery| (event, delivery)),
-            None => None,
-        };
-        let Some((event, delivery)) = delivery else {
-            // Nothing to send (the event or the delivery is gone): the entry leaves the queue.
-            return self.store.cancel_delivery(ep.num, entry).await;
-        };
+    async fn attempt_and_settle(&self, ep: &Endpoint, claimed: Claimed) -> Result<(), StoreError> {
+        let Claimed {
+            claim,
+            event,
+            delivery,
+            ..
+        } = claimed;
         // Counted while under way, so `/status` can tell waiting retries from running ones.
         struct Retrying<'a>(&'a AtomicUsize);
         impl Drop for Retrying<'_> {
@@ -721,7 +615,7 @@ impl Scheduler {
         let disable_after_ms = self.config.endpoints.disable_after.as_millis() as u64;
         self.store
             .settle(Settlement {
-                delivery: key,
+                claim,
                 as_read: delivery,
                 attempt,
                 outcome: outcome_kind,

@@ -1,75 +1,51 @@
-//! The durable store: the only module that imports sled. Trees, reads, and the single writer that commits in groups.
+//! The storage seam: the one interface the API, the scheduler and housekeeping use, whichever backend is behind it.
 //!
-//! Trees (keys are big-endian numbers so they sort):
+//! [`Store`] is an enum with one variant per backend; each method is one operation of this daemon
+//! (ingest a group of events, claim due deliveries, settle an attempt, list dead letters, ...) and
+//! dispatches with a `match`. No backend's types appear in a signature here: only the types of
+//! this module and of [`crate::model`]. The backends:
 //!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `events` | event seq | [`Event`] |
-//! | `event_ids` | event id text | [`EventIdRecord`] (idempotency) |
-//! | `endpoints` | endpoint num | [`codec::EndpointRecord`]: the [`Endpoint`], its secrets sealed with the master key when one is given ([`sealing`]) |
-//! | `health` | endpoint num | [`EndpointHealth`] |
-//! | `deliveries` | event seq, delivery seq | [`Delivery`], once attempted (see below) |
-//! | `queue` | endpoint num, sort, delivery seq | due time (unix ms), event seq: the due-time index |
-//! | `dead_letters` | dead letter seq | [`DeadLetter`] |
-//! | `meta` | name | [`Counters`], schema version, id counter, per-endpoint pending counts |
+//! - [`sled`]: the embedded default, one process; the only module that imports sled.
 //!
-//! A delivery created with its event is stored as its queue entry and its place in the event's
-//! `initial_deliveries`; its own record is written when its first attempt settles (or it is
-//! cancelled). That keeps ingest at three writes per event and delivery: the event, its id record
-//! and the queue entry. Deliveries added later (redeliver, recover) get a record at once. Keying
-//! deliveries under their event lists an event's deliveries with one prefix scan.
+//! Reads the API makes many times per request and that every backend serves from a node-local
+//! cache are sync ([`Store::endpoints`], [`Store::endpoint`], [`Store::writable`], [`Store::fault`],
+//! [`Store::wake_handle`], [`Store::is_claimed`]); everything else is `async`, even where sled
+//! answers at once, so a backend over the network fits behind the same methods. What only means
+//! something for one backend (sled's directory, its size on disk, the damage mark) answers `None`
+//! or does nothing on the others.
 //!
-//! Every change goes through [`Store::write`]: one writer thread applies all queued changes in one sled
-//! transaction, and a syncer thread makes them durable (`flush` then `fdatasync`) before answering the
-//! ones that asked for durability. Reads go straight to the trees from any thread, through the open
-//! database in [`State`], which only the writer replaces (it reopens sled after a write fault; see
-//! [`health`] and ARCHITECTURE.md, "Storage faults and limits").
+//! ## Claims
+//!
+//! The scheduler never reads a queue. For each endpoint with work it asks [`Store::claim`] for up to
+//! `room` due deliveries that its node-local budget admits ([`ClaimAsk`]); the backend applies the
+//! per-endpoint rules that must hold wherever the delivery is attempted from (`ordered`: only the
+//! head, and only when nothing of the endpoint is under way) and hands back, per delivery, what the
+//! attempt needs ([`Claimed`]). The attempt's outcome goes to [`Store::settle`] with its [`Claim`];
+//! then (or when the attempt is cut off at the end of the shutdown grace) [`Store::release`] ends
+//! the claim. `fence` is the claim's token: a backend whose claims can be taken over by another
+//! node answers a settle whose claim is no longer its own with [`StoreError::Fenced`], and the
+//! scheduler drops that outcome. On sled claims live in memory, `fence` is 0 and settle never
+//! answers `Fenced`.
 
-mod check;
-pub mod codec;
-mod compact;
-mod files;
-pub mod health;
-mod idfilter;
-mod migrate;
-mod notices;
-mod oldest;
-mod ops;
-pub mod sealing;
-pub mod watermark;
-mod writer;
+pub mod sled;
 
-pub use compact::{compact, Compacted};
-use files::{keep_private, make_private_dir, prepare_private_files, remove_snapshots};
-use migrate::migrate_from_1;
+pub use self::sled::sealing::{MasterKey, MasterKeys};
+pub use self::sled::watermark::DamageMark;
+pub use self::sled::{check, compact, CheckReport, Compacted};
 
-pub use check::{check, CheckReport};
-pub use notices::{NoticeRound, OPERATOR_PARTNER};
-
-pub use ops::{DeliveryRefused, IngestOutcome, NewEvent, Redriven, SettleOutcome, Settlement};
-pub use sealing::{MasterKey, MasterKeys};
-pub use writer::{Tx, TxResult};
-
-use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
-use codec::Record;
+use crate::config::Config;
+use crate::model::{
+    Attempt, DeadLetter, DeadReason, Delivery, Endpoint, EndpointHealth, Environment, Event,
+};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-
-/// sled's segment size. Fixed: sled refuses to reopen a database with a different one.
-/// Values up to a quarter of it (minus a header) are written inline in the log that `fdatasync` covers;
-/// larger ones become blob files, which the syncer fsyncs too.
-const SEGMENT_SIZE: usize = 4 * 1024 * 1024;
-/// 2: deliveries keyed by (event, delivery), queue values carry the event, no `event_deliveries`
-/// tree, initial deliveries without records. A version 1 store is migrated when opened.
-const SCHEMA_VERSION: u64 = 2;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled's own error.
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] sled::SledError),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("stored data is unreadable: {0}")]
@@ -78,49 +54,41 @@ pub enum StoreError {
     Closed,
     /// The endpoint secrets cannot be opened with the master keys given (none, or the wrong one).
     #[error("{0}")]
-    MasterKey(#[from] sealing::SealError),
+    MasterKey(#[from] sled::sealing::SealError),
     /// The filesystem is full, or the store is at `storage.max_bytes`; retry later.
     #[error("the store is full: {0}")]
     Full(String),
     /// A write or sync failed and the store is being reopened; retry shortly.
     #[error("the store cannot be written now: {0}")]
     Unavailable(String),
-    /// The store holds less than its watermark says it did (see [`watermark`]).
+    /// The store holds less than its watermark says it did (see [`sled::watermark`]).
     #[error("the store in {} is damaged: {}", dir.display(), missing.join("; "))]
     Damaged { dir: PathBuf, missing: Vec<String> },
+    /// A settle whose claim is no longer this node's (its lease ran out and another node took the
+    /// delivery over): the outcome is dropped. Never on sled.
+    #[error("the claim on this delivery is no longer this node's")]
+    Fenced,
 }
 
 impl StoreError {
     /// True when the stored data itself is damaged or unreadable (as opposed to the store being
     /// busy, closed or the disk failing): the daemon refuses to start on it with exit code 65.
     pub fn is_data_error(&self) -> bool {
-        matches!(self, StoreError::Damaged { .. } | StoreError::Corrupt(_))
-            || matches!(self, StoreError::Sled(sled::Error::Corruption { .. }))
+        match self {
+            StoreError::Damaged { .. } | StoreError::Corrupt(_) => true,
+            StoreError::Sled(e) => e.is_corruption(),
+            _ => false,
+        }
     }
 }
 
-/// How [`Store::open_with`] treats a damaged store.
+/// How [`Store::open`] treats a damaged store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenOptions {
     /// Start with what survives instead of refusing (`serve --accept-data-loss`): the loss is
     /// logged at error level, recorded in `damaged.json` (shown by `/status`), and the watermark is
     /// reset to what the store holds.
     pub accept_data_loss: bool,
-}
-
-/// The `meta` key counting committed groups (see [`watermark`]).
-pub(crate) const COMMITS_KEY: &str = "commits";
-/// The `meta` key counting stored events (see [`watermark`]).
-pub(crate) const STORED_EVENTS_KEY: &str = "stored_events";
-
-/// The `meta` key prefix of an endpoint's pending count.
-const PENDING_PREFIX: &[u8] = b"pending/";
-
-/// The `meta` key holding an endpoint's count of pending deliveries.
-pub(crate) fn pending_key(endpoint_num: u64) -> Vec<u8> {
-    let mut key = PENDING_PREFIX.to_vec();
-    key.extend_from_slice(&endpoint_num.to_be_bytes());
-    key
 }
 
 /// Running totals kept in the same transactions as the changes they count, so they never drift.
@@ -140,173 +108,13 @@ pub struct Counters {
     pub dead_letters: u64,
 }
 
-/// Handle to the open store; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    state: Arc<State>,
-    dir: PathBuf,
-    writer: writer::WriterHandle,
-    /// The thread filling the id filter with the ids stored before this start.
-    id_scan: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stop_id_scan: Arc<std::sync::atomic::AtomicBool>,
-    /// Set when the operator started this store damaged; kept until `check --clear-damage-mark`.
-    damage: Option<watermark::DamageMark>,
-    /// The oldest pending delivery, as of the last refresh; see [`oldest`].
-    oldest: oldest::Tracker,
-}
-
-/// What the writer thread shares with readers. Lives as long as the store: when a write fails, the
-/// writer reopens sled's database and swaps it in here, reloading the in-memory copies from it.
-pub(crate) struct State {
-    /// sled's database and trees; `None` only while the writer reopens them after a fault.
-    /// **Only the writer replaces it**; readers take a clone of the `Arc` for one read.
-    sled: RwLock<Option<Arc<Sled>>>,
-    pub dir: PathBuf,
-    pub cache_bytes: u64,
-    /// Every endpoint, kept in memory: ingest matches against it on every event.
-    pub endpoints: RwLock<BTreeMap<u64, Arc<Endpoint>>>,
-    /// The committed counters.
-    pub counters: Mutex<Counters>,
-    /// The last id number committed; see [`Tx::generate_id`].
-    pub next_id: std::sync::atomic::AtomicU64,
-    /// Pending deliveries per endpoint, counted from the queue at open and kept by each commit.
-    pub endpoint_pending: Mutex<std::collections::HashMap<u64, u64>>,
-    /// Woken after a commit that made deliveries due or changed endpoints: the scheduler waits on it.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// Which event ids may be stored; see [`idfilter`].
-    pub ids: Arc<idfilter::IdFilter>,
-    /// Write faults and size accounting; see [`health`].
-    pub health: health::StoreHealth,
-    /// What endpoint secrets are sealed with when written; see [`sealing`].
-    pub keys: MasterKeys,
-    /// Groups committed (`meta` `commits`), for the watermark.
-    pub commits: std::sync::atomic::AtomicU64,
-    /// Events stored (`meta` `stored_events`), for the watermark.
-    pub stored_events: std::sync::atomic::AtomicU64,
-    /// The watermark file, written by the syncer after each durable commit and at close.
-    watermark: Mutex<watermark::Watermark>,
-}
-
-/// sled's database and its trees, as one open of the store directory.
-pub(crate) struct Sled {
-    pub db: sled::Db,
-    pub trees: Trees,
-}
-
-/// What the in-memory copies hold, as read from the store at open.
-struct Loaded {
-    endpoints: BTreeMap<u64, Arc<Endpoint>>,
-    counters: Counters,
-    next_id: u64,
-    endpoint_pending: std::collections::HashMap<u64, u64>,
-    commits: u64,
-    stored_events: u64,
-}
-
-impl State {
-    /// The open database, for one read or one commit.
-    pub(crate) fn sled(&self) -> Result<Arc<Sled>, StoreError> {
-        self.sled
-            .read()
-            .expect("sled slot lock is never poisoned")
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
-    }
-
-    /// Puts a freshly opened database in place, with the in-memory copies read from it.
-    fn install(&self, sled: Sled, loaded: Loaded) {
-        *self
-            .endpoints
-            .write()
-            .expect("endpoint cache lock is never poisoned") = loaded.endpoints;
-        *self
-            .counters
-            .lock()
-            .expect("counters lock is never poisoned") = loaded.counters;
-        self.next_id
-            .store(loaded.next_id, std::sync::atomic::Ordering::Relaxed);
-        self.commits
-            .store(loaded.commits, std::sync::atomic::Ordering::Relaxed);
-        self.stored_events
-            .store(loaded.stored_events, std::sync::atomic::Ordering::Relaxed);
-        *self
-            .endpoint_pending
-            .lock()
-            .expect("pending lock is never poisoned") = loaded.endpoint_pending;
-        *self.sled.write().expect("sled slot lock is never poisoned") = Some(Arc::new(sled));
-    }
-
-    /// Takes the database out (readers get [`StoreError::Unavailable`] until [`State::install`]).
-    fn take_sled(&self) -> Option<Arc<Sled>> {
-        self.sled
-            .write()
-            .expect("sled slot lock is never poisoned")
-            .take()
-    }
-
-    /// The figures the watermark keeps, as of the last commit.
-    pub(crate) fn mark(&self) -> watermark::Mark {
-        use std::sync::atomic::Ordering::Relaxed;
-        watermark::Mark {
-            commits: self.commits.load(Relaxed),
-            next_id: self.next_id.load(Relaxed),
-            events: self.stored_events.load(Relaxed),
-        }
-    }
-
-    /// Records `mark` in the watermark file, durably.
-    pub(crate) fn write_watermark(&self, mark: watermark::Mark) -> Result<(), StoreError> {
-        let mut wm = self
-            .watermark
-            .lock()
-            .expect("watermark lock is never poisoned");
-        wm.write(mark).map_err(|e| {
-            StoreError::Io(std::io::Error::new(
-                e.kind(),
-                format!("writing {}: {e}", wm.path().display()),
-            ))
-        })
-    }
-
-    /// Measures the store's size and the filesystem's free space for [`health`].
-    pub(crate) fn measure(&self) {
-        let bytes = self
-            .sled()
-            .ok()
-            .and_then(|s| s.db.size_on_disk().ok())
-            .unwrap_or_else(|| self.health.estimated_bytes());
-        self.health.measure(bytes, health::free_space(&self.dir));
-    }
-}
-
-pub(crate) struct Trees {
-    pub events: sled::Tree,
-    pub event_ids: sled::Tree,
-    pub endpoints: sled::Tree,
-    pub health: sled::Tree,
-    pub deliveries: sled::Tree,
-    pub queue: sled::Tree,
-    pub dead_letters: sled::Tree,
-    pub meta: sled::Tree,
-}
-
-impl Trees {
-    pub(crate) fn all(&self) -> [&sled::Tree; 8] {
-        [
-            &self.events,
-            &self.event_ids,
-            &self.endpoints,
-            &self.health,
-            &self.deliveries,
-            &self.queue,
-            &self.dead_letters,
-            &self.meta,
-        ]
-    }
+/// Why the store cannot be written now (see [`Store::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No space left (the filesystem, or a quota).
+    Full,
+    /// Any other write or sync failure: the store is being reopened.
+    Unavailable,
 }
 
 /// Where a delivery is: its event and its own number.
@@ -316,808 +124,515 @@ pub struct DeliveryKey {
     pub seq: u64,
 }
 
-/// One entry of an endpoint's queue, as the scheduler sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueEntry {
-    pub delivery: DeliveryKey,
-    pub due_ms: u64,
-    /// The entry's sort position: with the delivery seq, where it stands in the queue.
-    pub sort: u64,
-    /// The delivery was attempted and is waiting for its next attempt (the scheduler's reserve of
-    /// slots is for first attempts only). False for entries written before the mark existed.
-    pub retry: bool,
+/// An event ready to store: validated, with its delivery body built and its content hashed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub partner_id: String,
+    pub environment: Environment,
+    pub event_type: String,
+    pub created_at: String,
+    pub received_at_ms: u64,
+    pub payload: Vec<u8>,
+    pub content_hash: [u8; 32],
+    /// Deliver to this endpoint alone (test events), instead of every matching one.
+    pub only_endpoint: Option<u64>,
 }
 
-/// Opens sled's database in `dir`, brings its layout to this version and reads what is kept in memory.
-fn open_sled(
-    dir: &Path,
-    cache_bytes: u64,
-    keys: &MasterKeys,
-) -> Result<(Sled, Loaded), StoreError> {
-    load_sled(trees_of(open_db(dir, cache_bytes)?)?, dir, keys)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Accepted {
+        deliveries: u32,
+    },
+    Duplicate {
+        deliveries: u32,
+    },
+    Conflict,
+    /// The event was for one endpoint alone (a test event) and that endpoint may not get it.
+    Refused(DeliveryRefused),
 }
 
-/// The trees of an open database.
-fn trees_of(db: sled::Db) -> Result<Sled, StoreError> {
-    let open = |name: &str| db.open_tree(name);
-    let trees = Trees {
-        events: open("events")?,
-        event_ids: open("event_ids")?,
-        endpoints: open("endpoints")?,
-        health: open("health")?,
-        deliveries: open("deliveries")?,
-        queue: open("queue")?,
-        dead_letters: open("dead_letters")?,
-        meta: open("meta")?,
-    };
-    Ok(Sled { db, trees })
+/// Why a delivery was not created: the endpoint belongs to another partner, or to the same
+/// partner's other environment (contract section 7). An answer, not a storage error: the rest of
+/// the group commits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeliveryRefused(String);
+
+/// Who an event is for: all [`admit`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Audience<'a> {
+    pub event_id: &'a str,
+    pub partner_id: &'a str,
+    pub environment: Environment,
 }
 
-/// Brings the layout of an open database to this version and reads what is kept in memory.
-fn load_sled(sled: Sled, dir: &Path, keys: &MasterKeys) -> Result<(Sled, Loaded), StoreError> {
-    let Sled { db, trees } = sled;
-    match trees.meta.get("schema")? {
-        None => {
-            trees
-                .meta
-                .insert("schema", &codec::u64_key(SCHEMA_VERSION))?;
-        }
-        Some(v) if codec::read_u64(&v) == SCHEMA_VERSION => {}
-        Some(v) if codec::read_u64(&v) == 1 => migrate_from_1(&db, &trees, dir)?,
-        Some(v) => {
-            return Err(StoreError::Corrupt(format!(
-                "the store in {} has schema version {}; this daemon reads version {SCHEMA_VERSION}",
-                dir.display(),
-                codec::read_u64(&v)
-            )))
-        }
+/// The one gate of contract section 7, for every backend: an event's deliveries go to its own
+/// partner's endpoints of its own environment, whatever path asks for them. Every path that creates
+/// a delivery (ingest, test events, redeliver, recover) or gives a dead one a new round (dead-letter
+/// retry) passes here, inside the transaction that writes the delivery, against the endpoint as
+/// that transaction sees it.
+pub(crate) fn admit(event: Audience<'_>, ep: &Endpoint) -> Result<(), DeliveryRefused> {
+    if ep.partner_id != event.partner_id {
+        return Err(DeliveryRefused(format!(
+            "endpoint {} belongs to another partner than event `{}` (partner `{}`): an event is \
+             delivered only to its own partner's endpoints",
+            ep.id(),
+            event.event_id,
+            event.partner_id
+        )));
     }
-    let endpoints = open_endpoints(&trees, keys, dir)?;
-    let counters = match trees.meta.get("counters")? {
-        Some(v) => Counters::decode(&v)?,
-        None => Counters::default(),
-    };
-    let next_id = trees
-        .meta
-        .get("next_id")?
-        .map_or(0, |v| codec::read_u64(&v));
-    let mut endpoint_pending = std::collections::HashMap::new();
-    for item in trees.meta.scan_prefix(PENDING_PREFIX) {
-        let (key, value) = item?;
-        let num = codec::read_u64(&key[PENDING_PREFIX.len()..]);
-        endpoint_pending.insert(num, codec::read_u64(&value));
+    if ep.environment != event.environment {
+        return Err(DeliveryRefused(format!(
+            "endpoint {} is a {} endpoint and event `{}` is a {} event: sandbox and production \
+             never mix",
+            ep.id(),
+            ep.environment.as_str(),
+            event.event_id,
+            event.environment.as_str()
+        )));
     }
-    let commits = trees
-        .meta
-        .get(COMMITS_KEY)?
-        .map_or(0, |v| codec::read_u64(&v));
-    let stored_events = match trees.meta.get(STORED_EVENTS_KEY)? {
-        Some(v) => codec::read_u64(&v),
-        None => {
-            // A store from before the watermark (or one that never stored an event): count once.
-            let n = trees.events.len() as u64;
-            if n > 0 {
-                trees.meta.insert(STORED_EVENTS_KEY, &codec::u64_key(n))?;
-            }
-            n
-        }
-    };
-    let loaded = Loaded {
-        endpoints,
-        counters,
-        next_id,
-        endpoint_pending,
-        commits,
-        stored_events,
-    };
-    Ok((Sled { db, trees }, loaded))
-}
-
-/// Reopens the store's database after a write fault, in place: the old one is dropped first
-/// (sled's lock on its data file allows one open at a time), and while it is closed reads answer
-/// [`StoreError::Unavailable`]. What sled had not yet written is lost, which is only ever what
-/// nobody was told is durable; the in-memory copies are read again so they match the disk.
-pub(crate) fn reopen(state: &State) -> Result<(), StoreError> {
-    if let Some(old) = state.take_sled() {
-        // Whatever can still be written is; after a failed write sled refuses, which is fine.
-        let _ = old.db.flush();
-        drop(old);
-    }
-    let (sled, loaded) = open_sled(&state.dir, state.cache_bytes, &state.keys)?;
-    state.install(sled, loaded);
-    state.measure();
     Ok(())
 }
 
+/// One node's claim on one delivery, for [`Store::settle`] and [`Store::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub delivery: DeliveryKey,
+    pub endpoint_num: u64,
+    /// The claim's token, which settle checks; 0 on sled.
+    pub fence: u64,
+}
+
+/// A delivery claimed for one attempt, with what the attempt needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub claim: Claim,
+    /// It was attempted before and waits for its next attempt: the scheduler's reserve of slots is
+    /// for first attempts only, and [`ClaimAsk::admits`] is asked with this.
+    pub retry: bool,
+    pub event: Event,
+    /// The delivery as it stands before this attempt.
+    pub delivery: Delivery,
+}
+
+/// What the scheduler lets one endpoint start in one [`Store::claim`].
+#[derive(Clone, Copy)]
+pub struct ClaimAsk<'a> {
+    pub now_ms: u64,
+    /// Claim at most this many.
+    pub room: usize,
+    /// Whether the n-th delivery claimed in this call (0-based) may start, given whether it is a
+    /// retry (the node's slot rules). A delivery it refuses is left waiting, and so is everything
+    /// behind it on an ordered endpoint.
+    pub admits: &'a (dyn Fn(usize, bool) -> bool + Sync),
+    /// Until when the node holds a delivery (by seq) back after its outcome could not be stored,
+    /// if it does: such a delivery waits like one not yet due.
+    pub held_until: &'a (dyn Fn(u64) -> Option<u64> + Sync),
+}
+
+/// What one [`Store::claim`] found.
+#[derive(Debug, Default)]
+pub struct ClaimRound {
+    /// Claimed, in queue order.
+    pub claimed: Vec<Claimed>,
+    /// The earliest time something not claimed now becomes due (or stops being held back).
+    pub next_due_ms: Option<u64>,
+    /// Due deliveries were left that the room or the slot rules did not let start: the endpoint
+    /// still has work (it takes part in the fair share while it has attempts under way).
+    pub wants_more: bool,
+    /// Nothing was claimed because the due deliveries found were all retries that
+    /// [`ClaimAsk::admits`] refused: the scheduler waits a moment before it asks again.
+    pub only_retries: bool,
+}
+
+/// The head of an endpoint's queue (see [`Store::queue_head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueHead {
+    pub due_ms: u64,
+    /// Nothing of the endpoint is due before `due_ms`. False when the queue's order does not say
+    /// (on sled: entries still in the ordered form after `ordered` was switched off).
+    pub earliest: bool,
+}
+
+/// How one attempt ended, as the scheduler decided it.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub claim: Claim,
+    /// The delivery as read before the attempt. While a delivery has no record it is still in its
+    /// initial state, so this stands for it and the commit need not read its event.
+    pub as_read: Delivery,
+    pub attempt: Attempt,
+    pub outcome: SettleOutcome,
+    /// Disable the endpoint when it has failed without a success for this long.
+    pub disable_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Succeeded,
+    Retry { at_ms: u64 },
+    Dead { reason: DeadReason },
+}
+
+/// What [`Store::retry_dead_letters`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Dead letters that left the queue (their delivery requeued, or gone with its endpoint).
+    pub requeued: u32,
+    /// Dead letters kept because their endpoint may not get their event.
+    pub refused: Vec<DeliveryRefused>,
+}
+
+/// Which dead letters a listing keeps; `None` keeps any.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub endpoint_num: Option<u64>,
+    /// The type of the dead letter's event.
+    pub event_type: Option<String>,
+}
+
+/// The partner id of the operator endpoint; no partner can have it.
+pub const OPERATOR_PARTNER: &str = "@operator";
+
+/// What a notification round is told from outside the store.
+#[derive(Debug, Clone, Copy)]
+pub struct NoticeRound {
+    pub now_ms: u64,
+    /// `endpoint.failing` after an endpoint has failed this long without a success.
+    pub failing_after_ms: u64,
+    /// At most one `delivery.dead_lettered` per this window.
+    pub dead_letter_window_ms: u64,
+    /// `queue.stalled` past this age of the oldest pending delivery.
+    pub stalled_after_ms: u64,
+}
+
+/// Handle to the open store, whichever backend; cheap to clone.
+#[derive(Clone)]
+pub enum Store {
+    Sled(sled::SledStore),
+}
+
 impl Store {
-    /// Opens (or creates) the store in `dir` with a cache of `cache_bytes`, endpoint secrets in the clear.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        Store::open_with_keys(dir, cache_bytes, MasterKeys::default())
-    }
-
-    /// Opens (or creates) the store in `dir`, its endpoint secrets sealed with `keys.current` (in
-    /// the clear without one). Secrets not in that form are rewritten in it before anything else
-    /// runs: clear ones sealed, ones sealed with `keys.previous` sealed again. Secrets that no key
-    /// given opens stop the opening: the daemon never starts signing with secrets it cannot read.
-    pub fn open_with_keys(
-        dir: &Path,
-        cache_bytes: u64,
-        keys: MasterKeys,
-    ) -> Result<Store, StoreError> {
-        Store::open_checked(dir, cache_bytes, keys, OpenOptions::default())
-    }
-
-    /// [`Store::open`], with a choice of how a damaged store is treated.
-    pub fn open_with(
-        dir: &Path,
-        cache_bytes: u64,
-        options: OpenOptions,
-    ) -> Result<Store, StoreError> {
-        Store::open_checked(dir, cache_bytes, MasterKeys::default(), options)
-    }
-
-    /// [`Store::open_with_keys`], checking the store against its watermark (see [`watermark`]):
-    /// a damaged store is refused with [`StoreError::Damaged`] unless `options` accept the loss. A
-    /// panic inside sled while reading the store becomes [`StoreError::Corrupt`] naming it.
-    pub fn open_checked(
-        dir: &Path,
-        cache_bytes: u64,
+    /// Opens the backend `config.storage` names. Blocking work runs off the runtime's threads.
+    pub async fn open(
+        config: &Config,
         keys: MasterKeys,
         options: OpenOptions,
     ) -> Result<Store, StoreError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::open_inner(dir, cache_bytes, keys, options).map_err(|e| match e {
-                StoreError::Sled(sled::Error::Corruption { .. }) => StoreError::Corrupt(format!(
-                    "sled's data file in {} is damaged ({e})",
-                    dir.display()
-                )),
-                e => e,
-            })
-        }))
-        .unwrap_or_else(|panic| {
-            Err(StoreError::Corrupt(format!(
-                "sled failed while reading the store in {}: {}",
-                dir.display(),
-                panic_text(&*panic)
-            )))
+        let dir = config.storage.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            sled::SledStore::open_checked(&dir, sled::CACHE_BYTES, keys, options)
         })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("opening it failed: {e}")))?
+        .map(Store::Sled)
     }
 
-    fn open_inner(
-        dir: &Path,
-        cache_bytes: u64,
-        keys: MasterKeys,
-        options: OpenOptions,
-    ) -> Result<Store, StoreError> {
-        make_private_dir(dir)?;
-        let db_len = match std::fs::metadata(dir.join("db")) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        prepare_private_files(dir)?;
-        let db = if options.accept_data_loss {
-            match std::panic::catch_unwind(|| open_db(dir, cache_bytes)) {
-                Ok(Ok(db)) => db,
-                Ok(Err(e)) if !e.is_data_error() => return Err(e),
-                failed => {
-                    // sled's snapshot is an index of its log, written at open; after damage it
-                    // may point at what is gone. Without it sled rebuilds the index from the log.
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(panic) => panic_text(&*panic),
-                        Ok(Ok(_)) => unreachable!("handled above"),
-                    };
-                    tracing::error!(dir = %dir.display(), error = %why, "sled cannot read the damaged store; dropping its snapshot and reading its log again (--accept-data-loss)");
-                    remove_snapshots(dir)?;
-                    open_db(dir, cache_bytes)?
-                }
-            }
-        } else {
-            open_db(dir, cache_bytes)?
-        };
-        keep_private(dir);
-        let sled = trees_of(db)?;
-        let schema = sled.trees.meta.get("schema")?;
-        let read_meta = |key: &str| -> Result<Option<u64>, StoreError> {
-            Ok(sled.trees.meta.get(key)?.map(|v| codec::read_u64(&v)))
-        };
-        let found = watermark::Mark {
-            commits: read_meta(COMMITS_KEY)?.unwrap_or(0),
-            next_id: read_meta("next_id")?.unwrap_or(0),
-            events: read_meta(STORED_EVENTS_KEY)?.unwrap_or(0),
-        };
-        let kept = watermark::read(dir);
-        let mut missing = Vec::new();
-        if schema.is_none() && db_len > 0 {
-            missing.push(format!(
-                "sled's data file is {db_len} bytes but holds no schema record (erased or overwritten)"
-            ));
+    /// `"sled"` or `"postgres"`, for `/status`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sled(_) => "sled",
         }
-        match &kept {
-            Ok(Some(kept)) => missing.extend(found.missing_against(kept)),
-            Ok(None) => {}
-            Err(e) => missing.push(e.to_string()),
+    }
+
+    /// Makes everything written so far durable and closes the store.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(s) => s.close_async().await,
         }
-        if !missing.is_empty() && !options.accept_data_loss {
-            // sled wrote a snapshot (an index of its log) of the damaged state while opening; a
-            // later open with --accept-data-loss reads the log again instead.
-            drop(sled);
-            let _ = remove_snapshots(dir);
-            return Err(StoreError::Damaged {
-                dir: dir.to_path_buf(),
-                missing,
-            });
+    }
+
+    // Node-local reads (sync).
+
+    /// Every endpoint, from the node's cache.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        match self {
+            Store::Sled(s) => s.endpoints(),
         }
-        let upgraded = schema.is_some() && matches!(kept, Ok(None));
-        let (sled, loaded) = load_sled(sled, dir, &keys)?;
-        let mark = watermark::Mark {
-            commits: loaded.commits,
-            next_id: loaded.next_id,
-            events: loaded.stored_events,
-        };
-        let damage = if missing.is_empty() {
-            watermark::read_damage_mark(dir)?
-        } else {
-            let detail = missing.join("; ");
-            tracing::error!(
-                dir = %dir.display(),
-                "STARTING A DAMAGED STORE (--accept-data-loss): {detail}; continuing with what survives: {} events, ids up to {}",
-                mark.events,
-                mark.next_id
-            );
-            let since = crate::model::format_time(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-            );
-            Some(watermark::write_damage_mark(
-                dir,
-                &watermark::DamageMark { since, detail },
-            )?)
-        };
-        let watermark = match kept {
-            Ok(Some(kept)) if missing.is_empty() => watermark::Watermark::open(dir, kept)?,
-            _ => {
-                // New, upgraded or accepted as damaged: the watermark starts from what is stored,
-                // once that is on stable storage.
-                sled.db.flush()?;
-                File::open(dir.join("db"))?.sync_all()?;
-                if upgraded {
-                    tracing::warn!(
-                        dir = %dir.display(),
-                        events = mark.events,
-                        "this store has no watermark (written by an older version): created one from the store as it is; damage done before this start cannot be detected"
-                    );
-                }
-                watermark::Watermark::create(dir, mark)?
-            }
-        };
-        let state = Arc::new(State {
-            sled: RwLock::new(Some(Arc::new(sled))),
-            dir: dir.to_path_buf(),
-            cache_bytes,
-            endpoints: RwLock::new(loaded.endpoints),
-            counters: Mutex::new(loaded.counters),
-            endpoint_pending: Mutex::new(loaded.endpoint_pending),
-            next_id: std::sync::atomic::AtomicU64::new(loaded.next_id),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            ids: Arc::new(idfilter::IdFilter::new()),
-            health: health::StoreHealth::new(),
-            keys,
-            commits: std::sync::atomic::AtomicU64::new(loaded.commits),
-            stored_events: std::sync::atomic::AtomicU64::new(loaded.stored_events),
-            watermark: Mutex::new(watermark),
-        });
-        state.measure();
-        let writer = writer::start(state.clone(), dir)?;
-        let stop_id_scan = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let id_scan = {
-            let (scan_state, stop) = (state.clone(), stop_id_scan.clone());
-            std::thread::Builder::new()
-                .name("store-idscan".into())
-                .spawn(move || scan_ids(&scan_state, &stop))?
-        };
-        Ok(Store {
-            inner: Arc::new(Inner {
-                state,
-                dir: dir.to_path_buf(),
-                writer,
-                id_scan: Mutex::new(Some(id_scan)),
-                stop_id_scan,
-                damage,
-                oldest: oldest::Tracker::default(),
-            }),
-        })
+    }
+
+    pub fn endpoint(&self, num: u64) -> Option<Arc<Endpoint>> {
+        match self {
+            Store::Sled(s) => s.endpoint(num),
+        }
+    }
+
+    /// False while the store cannot be written: the scheduler claims nothing then.
+    pub fn writable(&self) -> bool {
+        match self {
+            Store::Sled(s) => s.writable(),
+        }
+    }
+
+    /// Why the store cannot be written now, if it cannot.
+    pub fn fault(&self) -> Option<(Fault, String)> {
+        match self {
+            Store::Sled(s) => s.fault(),
+        }
+    }
+
+    /// Notified after every commit that may have made a delivery due or changed endpoints.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        match self {
+            Store::Sled(s) => s.wake_handle(),
+        }
+    }
+
+    /// Whether new events may be stored now (no fault, under `max_bytes`, 0: no limit, and enough
+    /// free space); the refusal is the error the ingest answers with.
+    pub fn admit_ingest(&self, max_bytes: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(s) => s.admit_ingest(max_bytes),
+        }
+    }
+
+    // Backend-specific operations: answers `None` (or does nothing) where they mean nothing.
+
+    /// sled's directory.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Store::Sled(s) => Some(s.dir()),
+        }
     }
 
     /// Set when the store was started damaged with `--accept-data-loss`, until the operator clears it.
-    pub fn damage_mark(&self) -> Option<&watermark::DamageMark> {
-        self.inner.damage.as_ref()
+    pub fn damage_mark(&self) -> Option<&DamageMark> {
+        match self {
+            Store::Sled(s) => s.damage_mark(),
+        }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    /// Bytes the store occupies on disk (the last estimate while it is being reopened).
-    pub fn size_on_disk(&self) -> u64 {
-        self.inner
-            .state
-            .sled()
-            .ok()
-            .and_then(|s| s.db.size_on_disk().ok())
-            .unwrap_or_else(|| self.inner.state.health.estimated_bytes())
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Option<u64> {
+        match self {
+            Store::Sled(s) => Some(s.size_on_disk()),
+        }
     }
 
     /// Measures the store's size and the free space again (housekeeping does, once a second).
     pub fn measure(&self) {
-        self.inner.state.measure();
+        match self {
+            Store::Sled(s) => s.measure(),
+        }
     }
 
     /// The store's size as estimated from the last measure and what each commit added since.
-    pub fn estimated_bytes(&self) -> u64 {
-        self.inner.state.health.estimated_bytes()
-    }
-
-    /// Whether new events may be stored: no write fault, under `max_bytes` (0: no limit) less its
-    /// headroom, and enough free space on the filesystem. See [`health`].
-    pub fn admit_ingest(&self, max_bytes: u64) -> Result<(), StoreError> {
-        self.inner.state.health.admit_ingest(max_bytes)
-    }
-
-    /// The write fault, if the store cannot be written now, and what caused it.
-    pub fn fault(&self) -> Option<(health::Fault, String)> {
-        self.inner.state.health.fault_detail()
-    }
-
-    /// False while a write fault lasts: the scheduler claims nothing then.
-    pub fn writable(&self) -> bool {
-        self.inner.state.health.fault().is_none()
-    }
-
-    /// Notified after every commit that may have made a delivery due.
-    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
-        self.inner.state.wake.clone()
-    }
-
-    pub fn counters(&self) -> Counters {
-        *self
-            .inner
-            .state
-            .counters
-            .lock()
-            .expect("counters lock is never poisoned")
-    }
-
-    /// Runs `op` inside the next group transaction; with `durable`, answers only once it is on stable storage.
-    ///
-    /// The closure may run more than once (sled retries conflicting transactions), so it must only
-    /// change the store through `tx`.
-    pub async fn write<R, F>(&self, durable: bool, op: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnMut(&Tx<'_>) -> TxResult<R> + Send + 'static,
-    {
-        self.inner.writer.submit(durable, op).await
-    }
-
-    /// Makes everything written so far durable.
-    pub async fn sync(&self) -> Result<(), StoreError> {
-        self.write(true, |_| Ok(())).await
-    }
-
-    /// [`Store::close`] on a blocking thread.
-    pub async fn close_async(&self) -> Result<(), StoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.close())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
-    }
-
-    /// Stops the writer after the queued changes and flushes to disk.
-    pub fn close(&self) -> Result<(), StoreError> {
-        self.inner
-            .stop_id_scan
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let scan = self
-            .inner
-            .id_scan
-            .lock()
-            .expect("id scan lock is never poisoned")
-            .take();
-        if let Some(scan) = scan {
-            let _ = scan.join();
+    pub fn estimated_bytes(&self) -> Option<u64> {
+        match self {
+            Store::Sled(s) => Some(s.estimated_bytes()),
         }
-        self.inner.writer.stop();
-        self.inner.state.sled()?.db.flush()?;
-        File::open(self.inner.dir.join("db"))?.sync_data()?;
-        self.inner.state.write_watermark(self.inner.state.mark())?;
-        keep_private(&self.inner.dir);
-        Ok(())
     }
 
     // Reads.
 
-    /// Pending deliveries (including those in flight) of one endpoint.
-    pub fn endpoint_pending(&self, num: u64) -> u64 {
-        let pending = self
-            .inner
-            .state
-            .endpoint_pending
-            .lock()
-            .expect("pending lock is never poisoned");
-        pending.get(&num).copied().unwrap_or(0)
-    }
-
-    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        self.read_endpoints().values().cloned().collect()
-    }
-
-    pub fn endpoint(&self, num: u64) -> Option<Arc<Endpoint>> {
-        self.read_endpoints().get(&num).cloned()
-    }
-
-    pub fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
-        match self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .health
-            .get(codec::u64_key(num))?
-        {
-            Some(v) => EndpointHealth::decode(&v),
-            None => Ok(EndpointHealth::default()),
+    pub async fn counters(&self) -> Result<Counters, StoreError> {
+        match self {
+            Store::Sled(s) => Ok(s.counters()),
         }
     }
 
-    pub fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
-        let Some(rec) = self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .event_ids
-            .get(id.as_bytes())?
-        else {
-            return Ok(None);
-        };
-        let rec = EventIdRecord::decode(&rec)?;
-        self.event(rec.event_seq)
+    /// Pending deliveries (including those under way) of one endpoint.
+    pub async fn endpoint_pending(&self, num: u64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sled(s) => Ok(s.endpoint_pending(num)),
+        }
     }
 
-    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        get(&self.inner.state.sled()?.trees.events, seq)
+    pub async fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
+        match self {
+            Store::Sled(s) => s.health(num),
+        }
     }
 
-    /// One delivery of an event already read: its record, or its entry in `event`.
-    pub fn delivery_of(&self, event: &Event, seq: u64) -> Result<Option<Delivery>, StoreError> {
-        match self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .deliveries
-            .get(codec::pair_key(event.seq, seq))?
-        {
-            Some(v) => Ok(Some(Delivery::decode(&v)?)),
-            None => Ok(initial_delivery(event, seq)),
+    pub async fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        match self {
+            Store::Sled(s) => s.event_by_id(id),
+        }
+    }
+
+    pub async fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        match self {
+            Store::Sled(s) => s.event(seq),
         }
     }
 
     /// The deliveries of one event, oldest first.
-    pub fn event_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
-        let mut recorded = BTreeMap::new();
-        for item in self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .deliveries
-            .scan_prefix(codec::u64_key(event.seq))
-        {
-            let (_, v) = item?;
-            let d = Delivery::decode(&v)?;
-            recorded.insert(d.seq, d);
+    pub async fn event_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        match self {
+            Store::Sled(s) => s.event_deliveries(event),
         }
-        for &(seq, endpoint_num) in &event.initial_deliveries {
-            recorded.entry(seq).or_insert_with(|| {
-                Delivery::initial(event.seq, event.received_at_ms, seq, endpoint_num)
-            });
-        }
-        Ok(recorded.into_values().collect())
     }
 
-    /// Events received at or after `since_ms`, in reception order, starting after event seq `after`.
-    pub fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .events
-            .range(codec::u64_key(after.saturating_add(1))..)
-        {
-            let (_, v) = item?;
-            out.push(Event::decode(&v)?);
-            if out.len() >= limit {
-                break;
-            }
+    /// Up to `limit` events in reception order, starting after event seq `after`.
+    pub async fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        match self {
+            Store::Sled(s) => s.events_from(after, limit),
         }
-        Ok(out)
     }
 
-    pub fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
-        get(&self.inner.state.sled()?.trees.dead_letters, seq)
+    pub async fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
+        match self {
+            Store::Sled(s) => s.dead_letter(seq),
+        }
     }
 
-    /// Dead letters after seq `after`, oldest first, that pass `keep`, up to `limit`.
-    pub fn dead_letters(
+    /// Dead letters after seq `after`, oldest first, that `filter` keeps, up to `limit`.
+    pub async fn dead_letters(
         &self,
         after: u64,
         limit: usize,
-        mut keep: impl FnMut(&DeadLetter) -> bool,
+        filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .dead_letters
-            .range(codec::u64_key(after.saturating_add(1))..)
-        {
-            let (_, v) = item?;
-            let dl = DeadLetter::decode(&v)?;
-            if keep(&dl) {
-                out.push(dl);
-                if out.len() >= limit {
-                    break;
-                }
-            }
+        match self {
+            Store::Sled(s) => s.dead_letters_matching(after, limit, filter),
         }
-        Ok(out)
     }
 
-    /// Up to `limit` entries of an endpoint's queue in queue order, with a sort position at or below `max_sort`.
-    pub fn queue_entries(
+    /// The head of an endpoint's queue: when its next delivery is due (the only one that may go,
+    /// when it is `ordered`); `None` when nothing of it is pending. Claimed deliveries count.
+    pub async fn queue_head(&self, ep: &Endpoint) -> Result<Option<QueueHead>, StoreError> {
+        match self {
+            Store::Sled(s) => s.queue_head(ep),
+        }
+    }
+
+    /// When the oldest pending delivery became pending (unix ms), as of the last
+    /// [`Store::refresh_oldest_pending`]; `None` when nothing was pending.
+    pub async fn oldest_pending_since(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sled(s) => Ok(s.oldest_pending_since()),
+        }
+    }
+
+    /// Brings [`Store::oldest_pending_since`] up to date (housekeeping, once a second).
+    pub async fn refresh_oldest_pending(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let s = s.clone();
+                tokio::task::spawn_blocking(move || s.refresh_oldest_pending())
+                    .await
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+            }
+        }
+    }
+
+    // Claims (see the module's notes).
+
+    /// Claims up to `ask.room` due deliveries of `ep` in queue order, within the endpoint's own
+    /// rules and what `ask` admits, and reads what their attempts need.
+    pub async fn claim(&self, ep: &Endpoint, ask: ClaimAsk<'_>) -> Result<ClaimRound, StoreError> {
+        match self {
+            Store::Sled(s) => s.claim(ep, ask).await,
+        }
+    }
+
+    /// Ends a claim, after its settle or when its attempt was cut off; the delivery may be claimed
+    /// again (at once if its settle did not take it out of the queue).
+    pub fn release(&self, claim: Claim) {
+        match self {
+            Store::Sled(s) => s.release(claim),
+        }
+    }
+
+    /// Whether this node has an attempt of the delivery `delivery_seq` under way.
+    pub fn is_claimed(&self, delivery_seq: u64) -> bool {
+        match self {
+            Store::Sled(s) => s.is_claimed(delivery_seq),
+        }
+    }
+
+    /// Records an attempt's outcome: attempt log, status, queue, dead letter and endpoint health,
+    /// atomically; [`StoreError::Fenced`] when the claim is no longer this node's.
+    pub async fn settle(&self, s: Settlement) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(store) => store.settle(s).await,
+        }
+    }
+
+    // Changes.
+
+    /// Stores new events with one pending delivery per matching endpoint, durably.
+    pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
+        match self {
+            Store::Sled(s) => s.ingest(events).await,
+        }
+    }
+
+    pub async fn create_endpoint(&self, endpoint: Endpoint) -> Result<Endpoint, StoreError> {
+        match self {
+            Store::Sled(s) => s.create_endpoint(endpoint).await,
+        }
+    }
+
+    /// Changes an endpoint with `change`; `None` when it does not exist.
+    pub async fn update_endpoint<F>(
         &self,
-        endpoint_num: u64,
-        max_sort: u64,
+        num: u64,
+        change: F,
+    ) -> Result<Option<Endpoint>, StoreError>
+    where
+        F: Fn(&mut Endpoint) + Send + 'static,
+    {
+        match self {
+            Store::Sled(s) => s.update_endpoint(num, change).await,
+        }
+    }
+
+    /// Deletes an endpoint and cancels its pending deliveries; false when it does not exist.
+    pub async fn delete_endpoint(&self, num: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled(s) => s.delete_endpoint(num).await,
+        }
+    }
+
+    /// New deliveries of stored events to endpoints (redeliver, recover). Returns how many, or,
+    /// when any pair would cross partners or environments, why, with nothing created.
+    pub async fn add_deliveries(
+        &self,
+        pairs: Vec<(u64, u64)>,
+        now_ms: u64,
+    ) -> Result<Result<u32, DeliveryRefused>, StoreError> {
+        match self {
+            Store::Sled(s) => s.add_deliveries(pairs, now_ms).await,
+        }
+    }
+
+    /// Gives dead-lettered deliveries a fresh set of attempts. A dead letter whose endpoint may not
+    /// get its event stays where it is and is reported.
+    pub async fn retry_dead_letters(
+        &self,
+        seqs: Vec<u64>,
+        now_ms: u64,
+    ) -> Result<Redriven, StoreError> {
+        match self {
+            Store::Sled(s) => s.retry_dead_letters(seqs, now_ms).await,
+        }
+    }
+
+    pub async fn delete_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled(s) => s.delete_dead_letter(seq).await,
+        }
+    }
+
+    /// Removes final events received before `before_ms` and dead letters that died before `dead_before_ms`,
+    /// at most `limit` of each. Returns (events, dead letters) removed.
+    pub async fn purge(
+        &self,
+        before_ms: u64,
+        dead_before_ms: u64,
         limit: usize,
-    ) -> Result<Vec<QueueEntry>, StoreError> {
-        self.queue_entries_after(endpoint_num, None, max_sort, limit)
-    }
-
-    /// Like [`Store::queue_entries`], starting after the entry at `after` (sort, delivery seq).
-    pub fn queue_entries_after(
-        &self,
-        endpoint_num: u64,
-        after: Option<(u64, u64)>,
-        max_sort: u64,
-        limit: usize,
-    ) -> Result<Vec<QueueEntry>, StoreError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some((sort, seq)) => Bound::Excluded(codec::queue_key(endpoint_num, sort, seq)),
-            None => Bound::Included(codec::queue_key(endpoint_num, 0, 0)),
-        };
-        let end = Bound::Included(codec::queue_key(endpoint_num, max_sort, u64::MAX));
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .queue
-            .range::<[u8; 24], _>((start, end))
-        {
-            let (key, value) = item?;
-            out.push(queue_entry(&key, &value));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Up to `limit` queue entries of an endpoint, from its head.
-    pub(crate) fn queue_entries_raw(
-        &self,
-        endpoint_num: u64,
-        limit: usize,
-    ) -> Result<Vec<QueueEntry>, StoreError> {
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .queue
-            .scan_prefix(codec::u64_key(endpoint_num))
-            .take(limit)
-        {
-            let (key, value) = item?;
-            out.push(queue_entry(&key, &value));
-        }
-        Ok(out)
-    }
-
-    /// The first queue entry of an endpoint with a sort position of at least `min_sort`.
-    pub fn first_queue_entry(
-        &self,
-        endpoint_num: u64,
-        min_sort: u64,
-    ) -> Result<Option<QueueEntry>, StoreError> {
-        let start = codec::queue_key(endpoint_num, min_sort, 0);
-        let end = codec::queue_key(endpoint_num, u64::MAX, u64::MAX);
-        match self
-            .inner
-            .state
-            .sled()?
-            .trees
-            .queue
-            .range(start..=end)
-            .next()
-        {
-            Some(item) => {
-                let (key, value) = item?;
-                Ok(Some(queue_entry(&key, &value)))
-            }
-            None => Ok(None),
+    ) -> Result<(u32, u32), StoreError> {
+        match self {
+            Store::Sled(s) => s.purge(before_ms, dead_before_ms, limit).await,
         }
     }
 
-    fn read_endpoints(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Endpoint>>> {
-        self.inner
-            .state
-            .endpoints
-            .read()
-            .expect("endpoint cache lock is never poisoned")
-    }
-}
-
-/// The message of a caught panic.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic without a message".into())
-}
-
-/// Reads every endpoint, opening its secrets with `keys`, and rewrites in place (durably, before the
-/// writer starts) those whose secrets are not in the form `keys.current` asks for.
-fn open_endpoints(
-    trees: &Trees,
-    keys: &MasterKeys,
-    dir: &Path,
-) -> Result<BTreeMap<u64, Arc<Endpoint>>, StoreError> {
-    let mut endpoints = BTreeMap::new();
-    let mut stale = Vec::new();
-    for item in trees.endpoints.iter() {
-        let (_, value) = item?;
-        let (ep, is_stale) = keys.open(codec::EndpointRecord::decode(&value)?)?;
-        if is_stale {
-            stale.push(ep.num);
-        }
-        endpoints.insert(ep.num, Arc::new(ep));
-    }
-    if !stale.is_empty() {
-        for num in &stale {
-            let record = keys.seal(&endpoints[num]);
-            trees
-                .endpoints
-                .insert(codec::u64_key(*num), record.encode())?;
-        }
-        trees.endpoints.flush()?;
-        File::open(dir.join("db"))?.sync_all()?;
-        match &keys.current {
-            Some(key) => tracing::info!(
-                endpoints = stale.len(),
-                key = %key.source().display(),
-                "endpoint secrets encrypted with the master key; run `preflix-webhookd compact` \
-                 while stopped to drop older copies from the store's files"
-            ),
-            None => tracing::warn!(
-                endpoints = stale.len(),
-                "endpoint secrets decrypted and stored in the clear: no master key is configured"
-            ),
-        }
-    }
-    Ok(endpoints)
-}
-
-/// How long opening waits for sled's lock on the data file to be released.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Opens sled's database in `dir`. When the lock on its data file is held, waits up to
-/// [`LOCK_WAIT`] before failing: after a store closes in this process, sled lets go of the file
-/// only once its background threads and deferred frees have dropped their last reference, which
-/// can take a moment (a daemon restarted in the same process, the tests). Another process that
-/// keeps the store open still makes this fail, after the wait.
-fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        let opened = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(Some(500))
-            .open();
-        match opened {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return Ok(other?),
+    /// One round of the operator notifications decided by time rather than by an attempt.
+    pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(s) => s.notice_round(round).await,
         }
     }
 }
-
-/// Adds every stored event id to the filter, then lets ingest consult it. On a read error, a write
-/// fault (the database is about to be reopened, and this scan must let go of it) or when the store
-/// closes first, the filter is never consulted, which only costs speed.
-fn scan_ids(state: &State, stop: &std::sync::atomic::AtomicBool) {
-    let Ok(sled) = state.sled() else { return };
-    let tree = sled.trees.event_ids.clone();
-    drop(sled);
-    let mut last: Option<sled::IVec> = None;
-    for key in tree.iter().keys() {
-        if stop.load(std::sync::atomic::Ordering::Relaxed) || state.health.fault().is_some() {
-            return;
-        }
-        match key {
-            Ok(key) if last.as_ref().is_some_and(|l| *l >= key) => {
-                // A damaged tree can send sled's iterator round in circles.
-                tracing::error!("the store's event ids come out of order: it is damaged (run `preflix-webhookd check`); ingest looks every id up");
-                return;
-            }
-            Ok(key) => {
-                state.ids.insert(&key);
-                last = Some(key);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, dir = %state.dir.display(), "reading the event ids failed: the store may be damaged (stop the daemon and run `preflix-webhookd check`); ingest looks every id up");
-                return;
-            }
-        }
-    }
-    state.ids.set_ready();
-}
-
-fn queue_entry(key: &[u8], value: &[u8]) -> QueueEntry {
-    let (_, sort, seq) = codec::split_queue_key(key);
-    let (due_ms, event_seq) = codec::split_queue_value(value);
-    QueueEntry {
-        delivery: DeliveryKey { event_seq, seq },
-        due_ms,
-        sort,
-        retry: codec::queue_value_is_retry(value),
-    }
-}
-
-/// The delivery `seq` as it stands before its first attempt, if the event created it.
-pub(crate) fn initial_delivery(event: &Event, seq: u64) -> Option<Delivery> {
-    event
-        .initial_deliveries
-        .iter()
-        .find(|(s, _)| *s == seq)
-        .map(|&(seq, endpoint_num)| {
-            Delivery::initial(event.seq, event.received_at_ms, seq, endpoint_num)
-        })
-}
-
-fn get<T: Record>(tree: &sled::Tree, seq: u64) -> Result<Option<T>, StoreError> {
-    match tree.get(codec::u64_key(seq))? {
-        Some(v) => Ok(Some(T::decode(&v)?)),
-        None => Ok(None),
-    }
-}
-
-#[cfg(test)]
-mod tests;

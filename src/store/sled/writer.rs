@@ -715,7 +715,7 @@ fn commit(state: &State, runs: &mut [Run]) -> Result<Vec<Box<dyn Any + Send>>, S
     let results = match result {
         Ok(r) => r,
         Err(TransactionError::Abort(e)) => return Err(e),
-        Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        Err(TransactionError::Storage(e)) => return Err(e.into()),
     };
     let fx = effects.into_inner();
     // The counters, pending counts and id counter in `meta` come on top of what the changes wrote.

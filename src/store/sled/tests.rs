@@ -1,7 +1,7 @@
-//! Store tests that need sled itself: opening a store written in an older layout.
+//! SledStore tests that need sled itself: opening a store written in an older layout.
 
 use super::codec::{pair_key, queue_key, u64_key, Record};
-use super::{DeliveryKey, Store, SEGMENT_SIZE};
+use super::{DeliveryKey, SledStore, SEGMENT_SIZE};
 use crate::model::{Delivery, DeliveryStatus, Endpoint, Environment, Event, EventIdRecord};
 
 fn endpoint() -> Endpoint {
@@ -108,7 +108,7 @@ fn a_version_1_store_is_migrated_when_opened() {
     let dir = tmp.path().join("store");
     write_version_1_store(&dir);
 
-    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&dir, 8 * 1024 * 1024).unwrap();
     let ev = store
         .event_by_id("evt_old")
         .unwrap()
@@ -152,7 +152,7 @@ fn a_version_1_store_is_migrated_when_opened() {
     drop(store);
 
     // Opening again finds version 2 and changes nothing.
-    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&dir, 8 * 1024 * 1024).unwrap();
     let ev = store.event_by_id("evt_old").unwrap().unwrap();
     assert_eq!(store.event_deliveries(&ev).unwrap().len(), 2);
     store.close().unwrap();
@@ -174,7 +174,9 @@ fn a_store_of_an_unknown_schema_is_refused() {
             .unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(&dir, 8 * 1024 * 1024).err().expect("refused");
+    let err = SledStore::open(&dir, 8 * 1024 * 1024)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
 
@@ -203,7 +205,7 @@ fn ids_stored_before_a_restart_are_found_through_the_id_filter() {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("store");
-    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&dir, 8 * 1024 * 1024).unwrap();
     let first = rt
         .block_on(store.ingest(vec![new_event("evt_a", 1), new_event("evt_b", 1)]))
         .unwrap();
@@ -213,7 +215,7 @@ fn ids_stored_before_a_restart_are_found_through_the_id_filter() {
     store.close().unwrap();
     drop(store);
 
-    let store = Store::open(&dir, 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&dir, 8 * 1024 * 1024).unwrap();
     let ids = store.inner.state.ids.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     // Until the scan is done the filter answers "maybe" to everything.
@@ -253,7 +255,7 @@ fn a_queue_entry_without_its_delivery_is_removed_on_cancel() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
     let orphan = queue_key(1, 5_000, 77);
     store
         .inner
@@ -291,7 +293,7 @@ fn a_write_fault_reopens_the_store_in_place() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
     rt.block_on(store.ingest(vec![new_event("evt_a", 1)]))
         .unwrap();
     store
@@ -348,7 +350,7 @@ fn filled_store(dir: &std::path::Path) {
         .enable_all()
         .build()
         .unwrap();
-    let store = Store::open(dir, 16 << 20).unwrap();
+    let store = SledStore::open(dir, 16 << 20).unwrap();
     rt.block_on(async {
         store.create_endpoint(endpoint()).await.unwrap();
         for b in 0..100 {
@@ -387,7 +389,7 @@ fn a_damaged_store_is_refused_reported_and_can_be_accepted() {
             "{how}: healthy before"
         );
         damage(&dir.join("db"), how);
-        let err = match Store::open(&dir, 16 << 20) {
+        let err = match SledStore::open(&dir, 16 << 20) {
             Err(e) => e,
             Ok(s) => {
                 let events = s.events_from(0, 10_000).map(|e| e.len());
@@ -402,7 +404,7 @@ fn a_damaged_store_is_refused_reported_and_can_be_accepted() {
         assert!(!report.healthy(), "{how}: check says healthy: {report:?}");
         settle();
         // The operator accepts the loss: the store opens, marked, and opens again without the flag.
-        let store = Store::open_with(
+        let store = SledStore::open_with(
             &dir,
             16 << 20,
             super::OpenOptions {
@@ -414,7 +416,7 @@ fn a_damaged_store_is_refused_reported_and_can_be_accepted() {
         store.close().unwrap();
         drop(store);
         settle();
-        let store = Store::open(&dir, 16 << 20).unwrap_or_else(|e| panic!("{how}: {e}"));
+        let store = SledStore::open(&dir, 16 << 20).unwrap_or_else(|e| panic!("{how}: {e}"));
         assert!(store.damage_mark().is_some(), "{how}: the mark stays");
         store.close().unwrap();
         drop(store);
@@ -423,7 +425,7 @@ fn a_damaged_store_is_refused_reported_and_can_be_accepted() {
         assert!(report.healthy(), "{how}: {report:?}");
         settle();
         assert!(super::watermark::clear_damage_mark(&dir).unwrap());
-        let store = Store::open(&dir, 16 << 20).unwrap();
+        let store = SledStore::open(&dir, 16 << 20).unwrap();
         assert!(store.damage_mark().is_none(), "{how}: cleared");
         store.close().unwrap();
     }
@@ -435,14 +437,14 @@ fn a_store_without_a_watermark_gets_one_from_what_it_holds() {
     let dir = tmp.path().join("db");
     filled_store(&dir);
     std::fs::remove_file(dir.join(super::watermark::FILE)).unwrap();
-    let store = Store::open(&dir, 16 << 20).unwrap();
+    let store = SledStore::open(&dir, 16 << 20).unwrap();
     store.close().unwrap();
     drop(store);
     let mark = super::watermark::read(&dir).unwrap().unwrap();
     assert_eq!(mark.events, 5000);
     // From now on, damage is caught.
     damage(&dir.join("db"), "half");
-    assert!(Store::open(&dir, 16 << 20).is_err());
+    assert!(SledStore::open(&dir, 16 << 20).is_err());
 }
 
 /// A retry's queue entry carries the retry mark (the scheduler keeps retries out of its reserve of
@@ -456,7 +458,7 @@ fn a_retry_is_marked_in_the_queue_and_keeps_its_mark_when_requeued() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
     let ep = rt.block_on(store.create_endpoint(endpoint())).unwrap();
     rt.block_on(store.ingest(vec![new_event("evt_r", 1)]))
         .unwrap();
@@ -469,7 +471,11 @@ fn a_retry_is_marked_in_the_queue_and_keeps_its_mark_when_requeued() {
         .unwrap()
         .unwrap();
     rt.block_on(store.settle(Settlement {
-        delivery: first.delivery,
+        claim: crate::store::Claim {
+            delivery: first.delivery,
+            endpoint_num: ep.num,
+            fence: 0,
+        },
         as_read,
         attempt: Attempt {
             n: 1,
@@ -509,13 +515,17 @@ fn the_oldest_pending_delivery_counts_from_when_it_became_pending() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
     let ep = rt.block_on(store.create_endpoint(endpoint())).unwrap();
     let settle = |key: DeliveryKey, at_ms: u64, outcome: SettleOutcome| {
         let event = store.event(key.event_seq).unwrap().unwrap();
         let as_read = store.delivery_of(&event, key.seq).unwrap().unwrap();
         rt.block_on(store.settle(Settlement {
-            delivery: key,
+            claim: crate::store::Claim {
+                delivery: key,
+                endpoint_num: ep.num,
+                fence: 0,
+            },
             as_read,
             attempt: Attempt {
                 n: 1,
@@ -596,7 +606,7 @@ fn measure_the_oldest_pending_scan() {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 16 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 16 * 1024 * 1024).unwrap();
     rt.block_on(store.create_endpoint(endpoint())).unwrap();
     for batch in 0..n.div_ceil(1000) {
         let events = (0..1000)

@@ -12,18 +12,14 @@
 //! its start) and `notice/stalled` (the queue was told stalled).
 
 use super::codec::u64_key;
-use super::ops::{ingest_one, NewEvent};
+use super::ops::ingest_one;
 use super::writer::{TreeId, Tx, TxResult};
-use super::Store;
-use super::StoreError;
+use super::{NewEvent, NoticeRound, SledStore, StoreError, OPERATOR_PARTNER};
 use crate::model::{endpoint_id, Endpoint, EndpointHealth, Environment};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-
-/// The partner id of the operator endpoint; no partner can have it.
-pub const OPERATOR_PARTNER: &str = "@operator";
 
 /// Dead-letter ids sampled per endpoint in one `delivery.dead_lettered`.
 const SAMPLES: usize = 5;
@@ -50,22 +46,10 @@ struct GroupEntry {
     samples: Vec<u64>,
 }
 
-/// What a notification round is told from outside the store.
-#[derive(Debug, Clone, Copy)]
-pub struct NoticeRound {
-    pub now_ms: u64,
-    /// `endpoint.failing` after an endpoint has failed this long without a success.
-    pub failing_after_ms: u64,
-    /// At most one `delivery.dead_lettered` per this window.
-    pub dead_letter_window_ms: u64,
-    /// `queue.stalled` past this age of the oldest pending delivery.
-    pub stalled_after_ms: u64,
-}
-
-impl Store {
+impl SledStore {
     /// One round of the notifications that are decided by time rather than by an attempt: the
     /// grouped dead letters, failing spells and the stalled queue. Reads the oldest pending
-    /// delivery kept by [`Store::refresh_oldest_pending`] (the store's data, not the scheduler's).
+    /// delivery kept by [`SledStore::refresh_oldest_pending`] (the store's data, not the scheduler's).
     pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
         let oldest = self.oldest_pending_since();
         let made = self

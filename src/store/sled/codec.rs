@@ -366,7 +366,7 @@ mod tests {
         let bytes = sample_event().encode();
         assert_eq!(
             hex(&bytes),
-            include_str!("../../tests/fixtures/golden/event.v2.hex").trim()
+            include_str!("../../../tests/fixtures/golden/event.v2.hex").trim()
         );
         assert_eq!(Event::decode(&bytes).unwrap(), sample_event());
     }
@@ -374,7 +374,7 @@ mod tests {
     /// Version 1 events (written before deliveries were keyed under their event) still read.
     #[test]
     fn version_1_event_reads_with_no_initial_deliveries() {
-        let v1 = unhex(include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        let v1 = unhex(include_str!("../../../tests/fixtures/golden/event.v1.hex").trim());
         assert_eq!(v1[0], 1);
         let expected = Event {
             initial_deliveries: Vec::new(),
@@ -392,7 +392,7 @@ mod tests {
             environment: Environment::Production,
         };
         assert_eq!(decode_event_head(&sample_event().encode()).unwrap(), head);
-        let v1 = unhex(include_str!("../../tests/fixtures/golden/event.v1.hex").trim());
+        let v1 = unhex(include_str!("../../../tests/fixtures/golden/event.v1.hex").trim());
         assert_eq!(decode_event_head(&v1).unwrap(), head);
         assert!(decode_event_head(&[9, 1, 2]).is_err());
         assert!(decode_event_head(&[]).is_err());
@@ -403,7 +403,7 @@ mod tests {
         let bytes = sample_delivery().encode();
         assert_eq!(
             hex(&bytes),
-            include_str!("../../tests/fixtures/golden/delivery.v1.hex").trim()
+            include_str!("../../../tests/fixtures/golden/delivery.v1.hex").trim()
         );
         assert_eq!(Delivery::decode(&bytes).unwrap(), sample_delivery());
     }
@@ -433,7 +433,7 @@ mod tests {
     /// Version 1 endpoints (secrets in the clear, before sealing) still read.
     #[test]
     fn version_1_endpoint_reads_with_its_secrets_in_the_clear() {
-        let v1 = unhex(include_str!("../../tests/fixtures/golden/endpoint.v1.hex").trim());
+        let v1 = unhex(include_str!("../../../tests/fixtures/golden/endpoint.v1.hex").trim());
         assert_eq!(v1[0], 1);
         let record = EndpointRecord::decode(&v1).unwrap();
         assert!(matches!(&record.secrets[0].value, SecretAtRest::Clear(s) if s == "whsec_AAAA"));
@@ -457,7 +457,7 @@ mod tests {
         let both = format!("{}\n{}\n", hex(&sealed.encode()), hex(&clear.encode()));
         assert_eq!(
             both,
-            include_str!("../../tests/fixtures/golden/endpoint.v2.hex")
+            include_str!("../../../tests/fixtures/golden/endpoint.v2.hex")
         );
         let read = EndpointRecord::decode(&sealed.encode()).unwrap();
         assert_eq!(read, sealed);
@@ -496,7 +496,7 @@ mod tests {
             dead_at_ms: 2,
             reason: DeadReason::RetriesExhausted,
         };
-        let golden = include_str!("../../tests/fixtures/golden/small.v1.hex");
+        let golden = include_str!("../../../tests/fixtures/golden/small.v1.hex");
         let lines: Vec<&str> = golden.lines().collect();
         assert_eq!(lines[0], hex(&id.encode()));
         assert_eq!(lines[2], hex(&dl.encode()));
@@ -508,7 +508,7 @@ mod tests {
         };
         assert_eq!(
             format!("{}\n", hex(&health.encode())),
-            include_str!("../../tests/fixtures/golden/health.v2.hex")
+            include_str!("../../../tests/fixtures/golden/health.v2.hex")
         );
         assert_eq!(EventIdRecord::decode(&id.encode()).unwrap(), id);
         assert_eq!(EndpointHealth::decode(&health.encode()).unwrap(), health);

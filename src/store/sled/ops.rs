@@ -4,11 +4,15 @@ use super::codec::{
     decode_event_head, pair_key, queue_key, queue_value, retry_queue_value, u64_key, EventHead,
 };
 use super::writer::{TreeId, Tx, TxResult};
-use super::{DeliveryKey, QueueEntry, Store, StoreError};
-use crate::model::{
-    Attempt, DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth,
-    Environment, Event, EventIdRecord,
+use super::{
+    DeliveryKey, DeliveryRefused, IngestOutcome, NewEvent, QueueEntry, Redriven, SettleOutcome,
+    Settlement, SledStore, StoreError,
 };
+use crate::model::{
+    DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Event,
+    EventIdRecord,
+};
+use crate::store::{admit, Audience};
 
 /// The `meta` key that records when deliveries were last added to a stored event.
 fn redelivered_key(event_seq: u64) -> [u8; 9] {
@@ -20,49 +24,6 @@ fn redelivered_key(event_seq: u64) -> [u8; 9] {
 
 /// How many queue entries one transaction of a chunked change handles.
 const CHUNK: usize = 1000;
-
-/// An event ready to store: validated, with its delivery body built and its content hashed.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub id: String,
-    pub partner_id: String,
-    pub environment: Environment,
-    pub event_type: String,
-    pub created_at: String,
-    pub received_at_ms: u64,
-    pub payload: Vec<u8>,
-    pub content_hash: [u8; 32],
-    /// Deliver to this endpoint alone (test events), instead of every matching one.
-    pub only_endpoint: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IngestOutcome {
-    Accepted {
-        deliveries: u32,
-    },
-    Duplicate {
-        deliveries: u32,
-    },
-    Conflict,
-    /// The event was for one endpoint alone (a test event) and that endpoint may not get it.
-    Refused(DeliveryRefused),
-}
-
-/// Why a delivery was not created: the endpoint belongs to another partner, or to the same
-/// partner's other environment (contract section 7). An answer, not a storage error: the rest of
-/// the group commits.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DeliveryRefused(String);
-
-/// Who an event is for: all [`admit`] looks at.
-#[derive(Debug, Clone, Copy)]
-struct Audience<'a> {
-    event_id: &'a str,
-    partner_id: &'a str,
-    environment: Environment,
-}
 
 impl<'a> Audience<'a> {
     fn of(event: &'a EventHead) -> Audience<'a> {
@@ -84,33 +45,6 @@ fn event_head(tx: &Tx<'_>, event_seq: u64) -> TxResult<Option<EventHead>> {
     }
 }
 
-/// The one gate of contract section 7: an event's deliveries go to its own partner's endpoints of
-/// its own environment, whatever path asks for them. Every path that creates a delivery (ingest,
-/// test events, redeliver, recover) or gives a dead one a new round (dead-letter retry) passes here,
-/// inside the transaction that writes the delivery, against the endpoint as that transaction sees it.
-fn admit(event: Audience<'_>, ep: &Endpoint) -> Result<(), DeliveryRefused> {
-    if ep.partner_id != event.partner_id {
-        return Err(DeliveryRefused(format!(
-            "endpoint {} belongs to another partner than event `{}` (partner `{}`): an event is \
-             delivered only to its own partner's endpoints",
-            ep.id(),
-            event.event_id,
-            event.partner_id
-        )));
-    }
-    if ep.environment != event.environment {
-        return Err(DeliveryRefused(format!(
-            "endpoint {} is a {} endpoint and event `{}` is a {} event: sandbox and production \
-             never mix",
-            ep.id(),
-            ep.environment.as_str(),
-            event.event_id,
-            event.environment.as_str()
-        )));
-    }
-    Ok(())
-}
-
 /// Creates a pending delivery of `key` to `ep`, due at `due_ms`, once [`admit`] lets it through.
 /// The only way a new delivery enters a queue.
 fn create_delivery(
@@ -128,28 +62,6 @@ fn create_delivery(
     Ok(Ok(()))
 }
 
-/// How one attempt ended, as the scheduler decided it.
-#[derive(Debug, Clone)]
-pub struct Settlement {
-    pub delivery: DeliveryKey,
-    /// The delivery as read before the attempt. While a delivery has no record it is still in its
-    /// initial state, so this stands for it and the commit need not read its event.
-    pub as_read: Delivery,
-    pub attempt: Attempt,
-    pub outcome: SettleOutcome,
-    /// Disable the endpoint when it has failed without a success for this long.
-    pub disable_after_ms: u64,
-}
-
-/// What [`Store::retry_dead_letters`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Redriven {
-    /// Dead letters that left the queue (their delivery requeued, or gone with its endpoint).
-    pub requeued: u32,
-    /// Dead letters kept because their endpoint may not get their event.
-    pub refused: Vec<DeliveryRefused>,
-}
-
 /// What became of one dead letter asked to be retried.
 enum Redrive {
     Missing,
@@ -157,14 +69,7 @@ enum Redrive {
     Refused(DeliveryRefused),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettleOutcome {
-    Succeeded,
-    Retry { at_ms: u64 },
-    Dead { reason: DeadReason },
-}
-
-impl Store {
+impl SledStore {
     /// Stores new events with one pending delivery per matching endpoint, durably.
     pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
         self.write(true, move |tx| {
@@ -594,13 +499,13 @@ fn cancel(tx: &Tx<'_>, key: DeliveryKey) -> TxResult<()> {
 }
 
 fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
-    let key = pair_key(s.delivery.event_seq, s.delivery.seq);
+    let key = pair_key(s.claim.delivery.event_seq, s.claim.delivery.seq);
     let recorded = tx.get::<Delivery>(TreeId::Deliveries, &key)?;
-    let initial = || s.as_read.seq == s.delivery.seq && s.as_read.attempts.is_empty();
+    let initial = || s.as_read.seq == s.claim.delivery.seq && s.as_read.attempts.is_empty();
     let loaded = match recorded {
         Some(d) => Some(d),
         None if initial() => Some(s.as_read.clone()),
-        None => load_delivery(tx, s.delivery)?,
+        None => load_delivery(tx, s.claim.delivery)?,
     };
     let Some(mut d) = loaded else {
         return Ok(());
@@ -612,7 +517,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         return Ok(());
     }
     let Some(ep) = tx.endpoint(d.endpoint_num) else {
-        return cancel(tx, s.delivery);
+        return cancel(tx, s.claim.delivery);
     };
     dequeue(tx, &d)?;
     let was_retrying = d.attempts_in_round() > 0;
@@ -649,7 +554,7 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         }
         SettleOutcome::Retry { at_ms } => {
             d.next_attempt_at_ms = Some(at_ms);
-            enqueue(tx, &ep, s.delivery, at_ms, true)?;
+            enqueue(tx, &ep, s.claim.delivery, at_ms, true)?;
             note_failure(&mut health, now);
             let mut c = tx.counters();
             if !was_retrying {
@@ -760,7 +665,7 @@ fn remove_dead_letter(tx: &Tx<'_>, seq: u64) -> TxResult<()> {
     Ok(())
 }
 
-/// Removes events (with their deliveries and id records) and dead letters found by [`Store::purge`],
+/// Removes events (with their deliveries and id records) and dead letters found by [`SledStore::purge`],
 /// skipping any that changed since.
 fn purge(
     tx: &Tx<'_>,

@@ -5,7 +5,7 @@
 //! database; the size limit and the free-space floor only refuse new work (ingest), never settles,
 //! so that deliveries, retries and dead letters go on in the headroom left for them.
 
-use super::StoreError;
+use super::{SledError, StoreError};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -24,13 +24,7 @@ pub const MIN_FREE_BYTES: u64 = 16 * 1024 * 1024;
 pub const MIN_HEADROOM_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What is wrong with writing, as the API and `/healthz` tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The filesystem is full (ENOSPC).
-    Full,
-    /// Another write or sync failure; the database is being reopened.
-    Unavailable,
-}
+pub use crate::store::Fault;
 
 /// Shared by the writer (which sets and clears the fault), the scheduler (which pauses while it is
 /// set) and the API (which refuses ingest).
@@ -172,11 +166,12 @@ pub fn classify(e: &StoreError) -> Option<Fault> {
         StoreError::Full(_) => return Some(Fault::Full),
         StoreError::Unavailable(_) => return Some(Fault::Unavailable),
         StoreError::Io(io) => io,
-        StoreError::Sled(sled::Error::Io(io)) => io,
-        StoreError::Sled(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)) => {
-            return Some(Fault::Unavailable)
-        }
+        StoreError::Sled(SledError(sled::Error::Io(io))) => io,
+        StoreError::Sled(SledError(
+            sled::Error::Corruption { .. } | sled::Error::ReportableBug(_),
+        )) => return Some(Fault::Unavailable),
         StoreError::Sled(_)
+        | StoreError::Fenced
         | StoreError::Corrupt(_)
         | StoreError::Closed
         | StoreError::MasterKey(_)
@@ -257,7 +252,7 @@ mod tests {
         assert!(is_no_space(&raw));
         let copied = std::io::Error::new(raw.kind(), format!("{raw:?}"));
         assert!(is_no_space(&copied));
-        let e = StoreError::Sled(sled::Error::Io(copied));
+        let e = StoreError::Sled(SledError(sled::Error::Io(copied)));
         assert_eq!(classify(&e), Some(Fault::Full));
         let eio = StoreError::Io(std::io::Error::from_raw_os_error(5));
         assert_eq!(classify(&eio), Some(Fault::Unavailable));

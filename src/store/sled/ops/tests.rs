@@ -1,6 +1,6 @@
 //! The partner and environment gate, at the store: every path that creates a delivery refuses to cross.
 
-use super::super::{DeliveryKey, Store};
+use super::super::{DeliveryKey, SledStore};
 use super::{IngestOutcome, NewEvent, SettleOutcome, Settlement};
 use crate::model::{Attempt, DeadReason, Delivery, Endpoint, Environment};
 
@@ -24,7 +24,7 @@ fn new_event(id: &str, only_endpoint: Option<u64>) -> NewEvent {
 
 struct Fixture {
     rt: tokio::runtime::Runtime,
-    store: Store,
+    store: SledStore,
     _tmp: tempfile::TempDir,
     /// acme-health, production: the event's own audience.
     own: Endpoint,
@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
+    let store = SledStore::open(&tmp.path().join("store"), 8 * 1024 * 1024).unwrap();
     let create = |ep| rt.block_on(store.create_endpoint(ep)).unwrap();
     let own = create(endpoint("acme-health", Environment::Production));
     let other_partner = create(endpoint("rival-health", Environment::Production));
@@ -141,7 +141,11 @@ fn a_dead_letter_retry_cannot_cross_partners_or_environments() {
         seq: dseq,
     };
     f.rt.block_on(f.store.settle(Settlement {
-        delivery: key,
+        claim: crate::store::Claim {
+            delivery: key,
+            endpoint_num: num,
+            fence: 0,
+        },
         as_read: Delivery::initial(ev.seq, ev.received_at_ms, dseq, num),
         attempt: Attempt {
             n: 1,

@@ -2,7 +2,7 @@
 //!
 //! A delivery becomes pending when it is created (at ingest, or by redeliver/recover) and again
 //! when a dead letter is redriven; it stays pending while it waits for retries. `/status` and
-//! `/metrics` read the figure kept here and never scan: [`Store::refresh_oldest_pending`] runs once
+//! `/metrics` read the figure kept here and never scan: [`SledStore::refresh_oldest_pending`] runs once
 //! a second (housekeeping). It only checks that the delivery found last is still pending, which
 //! costs two reads: deliveries created later are younger, so while it is pending it is the oldest.
 //! When it is no longer pending the whole queue is scanned again, at most once per ten times the
@@ -16,7 +16,7 @@
 //! oldest, unless it was redriven (then it counts from its redrive and the next one is read too).
 
 use super::codec::{self, Record};
-use super::{get, initial_delivery, queue_entry, DeliveryKey, Store, StoreError};
+use super::{get, initial_delivery, queue_entry, DeliveryKey, SledStore, StoreError};
 use crate::model::{Delivery, DeliveryStatus, Event};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -48,14 +48,14 @@ impl Tracker {
     }
 }
 
-impl Store {
+impl SledStore {
     /// When the oldest pending delivery became pending (unix ms), as of the last
-    /// [`Store::refresh_oldest_pending`]; `None` when it found nothing pending. Costs no read.
+    /// [`SledStore::refresh_oldest_pending`]; `None` when it found nothing pending. Costs no read.
     pub fn oldest_pending_since(&self) -> Option<u64> {
         self.inner.oldest.get().oldest.map(|(_, since)| since)
     }
 
-    /// Brings [`Store::oldest_pending_since`] up to date: two reads while the oldest delivery stays
+    /// Brings [`SledStore::oldest_pending_since`] up to date: two reads while the oldest delivery stays
     /// pending, a scan of the queue when it has gone (throttled; see the module's notes).
     pub fn refresh_oldest_pending(&self) -> Result<(), StoreError> {
         let tracked = self.inner.oldest.get();
