@@ -8,7 +8,7 @@
 //! | settings | [`config`]: the only reader of config files and settings from the environment |
 //! | event catalog | [`catalog`], from `data/catalog.json` |
 //! | plain data | [`model`] |
-//! | durable state | [`store`]: the only module that imports sled; group commit |
+//! | durable state | [`store`]: the seam, one `Store` over the backends; [`store::sled`] (the only module that imports sled; group commit) |
 //! | HTTP interface | [`api`] |
 //! | delivering | [`delivery`]: scheduler, attempt, retry policy, address guard |
 //! | signatures | [`signing`]: signer and verifier, shared with partners |
@@ -255,7 +255,7 @@ async fn housekeeping(state: Arc<AppState>, shutdown: Shutdown) {
 }
 
 /// Measures the store's size and free space again, for `/metrics` and for admission: between
-/// measures, the store adds what each commit writes to its estimate (see `store::health`).
+/// measures, the store adds what each commit writes to its estimate (see `store::sled::health`).
 fn update_storage_figures(state: &AppState) {
     state.store.measure();
     if let Some(bytes) = state.store.size_on_disk() {

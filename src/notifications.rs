@@ -1,6 +1,6 @@
 //! Operator notifications (contract section 10): the operator endpoint kept in step with `[notifications]`, and the round that decides the time-based notifications.
 //!
-//! The notifications themselves are made by the store (`store/notices.rs`), in the transactions
+//! The notifications themselves are made by the store (`store/sled/notices.rs`), in the transactions
 //! that decide them; they are delivered by the scheduler like any delivery, to an endpoint of the
 //! reserved partner [`OPERATOR_PARTNER`], which the API neither lists nor lets anyone change.
 

@@ -296,7 +296,7 @@ fn conflict(id: &str) -> ApiError {
 }
 
 /// Refuses ingest while the store cannot take it: a write fault, `storage.max_bytes` less its
-/// headroom, or too little free space (see `store::health`).
+/// headroom, or too little free space (see `store::sled::health`).
 fn check_storage(state: &AppState) -> Result<(), ApiError> {
     Ok(state.store.admit_ingest(state.config.storage.max_bytes)?)
 }

@@ -62,7 +62,7 @@ fn scheduler_idle_ms(state: &AppState) -> u64 {
 }
 
 /// Seconds since the oldest pending delivery (attempts under way included) became pending; `None`
-/// when nothing is pending. Read from what the store keeps (see `store::oldest`): no scan.
+/// when nothing is pending. Read from what the store keeps (see `store::sled::oldest`): no scan.
 async fn oldest_pending_age_ms(
     state: &AppState,
     counters: &Counters,
