@@ -5,6 +5,7 @@ const TOKEN = "preflix.token";
 const KIND = "preflix.kind"; // "admin" or "partner"
 const READ_ONLY = "preflix.readOnly"; // "1" once a change was refused as forbidden, or known
 const PARTNER = "preflix.partner";
+const ENVIRONMENT = "preflix.environment";
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -36,6 +37,9 @@ export const session = {
   get partner() {
     return sessionStorage.getItem(PARTNER);
   },
+  get environment() {
+    return sessionStorage.getItem(ENVIRONMENT);
+  },
   markReadOnly() {
     sessionStorage.setItem(READ_ONLY, "1");
   },
@@ -46,9 +50,11 @@ export const session = {
     else sessionStorage.removeItem(READ_ONLY);
     if (info.partner) sessionStorage.setItem(PARTNER, info.partner);
     else sessionStorage.removeItem(PARTNER);
+    if (info.environment) sessionStorage.setItem(ENVIRONMENT, info.environment);
+    else sessionStorage.removeItem(ENVIRONMENT);
   },
   end() {
-    for (const key of [TOKEN, KIND, READ_ONLY, PARTNER]) sessionStorage.removeItem(key);
+    for (const key of [TOKEN, KIND, READ_ONLY, PARTNER, ENVIRONMENT]) sessionStorage.removeItem(key);
   },
 };
 
@@ -101,25 +107,22 @@ export const del = (path) => api("DELETE", path);
 export const enc = encodeURIComponent;
 
 /**
- * Finds out what `token` is: the admin token reads /status; a partner token gets 403 there
- * (contract section 9). Resolves to {kind, partner, readOnly} or throws ApiError (401: refused).
+ * Finds out what `token` is: `GET /v1/whoami` describes it ({kind, partner_id, environment,
+ * read_only}). A daemon without that route: the admin token reads /status, a partner token gets
+ * 403 there. Resolves to {kind, partner, environment, readOnly}, or throws ApiError (401: refused).
  */
 export async function identify(token) {
+  try {
+    const me = await api("GET", "/v1/whoami", undefined, token);
+    return { kind: me.kind, partner: me.partner_id, environment: me.environment, readOnly: !!me.read_only };
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.status !== 404) throw e;
+  }
   try {
     await api("GET", "/status", undefined, token);
     return { kind: "admin" };
   } catch (e) {
     if (!(e instanceof ApiError) || e.status !== 403) throw e;
   }
-  // A partner token. The endpoint list names its partner; the token's own flags are learnt when a
-  // change is refused (403), unless the daemon describes the token.
-  const info = { kind: "partner" };
-  try {
-    const list = await api("GET", "/v1/endpoints", undefined, token);
-    const partners = new Set((list.endpoints || []).map((e) => e.partner_id));
-    if (partners.size === 1) info.partner = [...partners][0];
-  } catch (e) {
-    if (e.status === 401) throw e;
-  }
-  return info;
+  return { kind: "partner" };
 }

@@ -95,7 +95,9 @@ function showChrome() {
   document.getElementById("nav-tokens").hidden = !session.admin;
   const who = session.admin
     ? "admin token"
-    : `partner token${session.partner ? ` · ${session.partner}` : ""}${session.readOnly ? " · read-only" : ""}`;
+    : `partner token${session.partner ? ` · ${session.partner}` : ""}${session.environment ? ` · ${session.environment}` : ""}${
+        session.readOnly ? " · read-only" : ""
+      }`;
   document.getElementById("who").textContent = who;
 }
 

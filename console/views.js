@@ -39,6 +39,46 @@ function card(label, value, extra) {
   return h("div", { class: "card stat" }, h("span", { class: "label" }, label), h("strong", { class: "value" }, value), extra || null);
 }
 
+/** The latest events (`GET /v1/events`), newest first; `null` when the daemon has no such list. */
+async function latestEvents(params) {
+  try {
+    return (await get(`/v1/events?${new URLSearchParams(params)}`)).events || [];
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return null;
+    throw e;
+  }
+}
+
+/** Events with their deliveries (only those to `endpointId`, when given). */
+function eventsTable(caption, events, endpointId) {
+  const rows = events.map((ev) => {
+    const ds = (ev.deliveries || []).filter((d) => !endpointId || d.endpoint_id === endpointId);
+    return [
+      h("a", { href: `#/events/${enc(ev.id)}`, "data-key": `evt-${ev.id}` }, ev.id),
+      ev.type,
+      session.admin ? `${ev.partner_id} · ${ev.environment}` : ev.environment,
+      time(ev.received_at),
+      ds.length
+        ? h(
+            "div",
+            { class: "deliveries" },
+            ds.map((d) =>
+              h(
+                "div",
+                {},
+                badge(d.status, d.status),
+                ` ${d.attempts} attempt${d.attempts === 1 ? "" : "s"}`,
+                d.next_attempt_at && (d.status === "pending" || d.status === "in_flight") ? [" · ", time(d.next_attempt_at, "next ")] : null,
+                endpointId ? null : [" → ", epLink(d.endpoint_id)]
+              )
+            )
+          )
+        : h("span", { class: "muted" }, "no delivery"),
+    ];
+  });
+  return table(caption, ["Event", "Type", session.admin ? "Partner" : "Environment", "Received", "Deliveries"], rows, "No events yet.");
+}
+
 // ---- Overview ----
 
 export async function overviewView(place, ctx) {
@@ -53,7 +93,7 @@ export async function overviewView(place, ctx) {
 }
 
 async function adminOverview(box) {
-  const s = await get("/status");
+  const [s, events] = await Promise.all([get("/status"), latestEvents({ limit: "10" })]);
   const q = s.queue || {};
   const age = q.oldest_pending_age_seconds;
   const rows = (s.endpoints || []).map((e) => [
@@ -84,12 +124,13 @@ async function adminOverview(box) {
       ["Endpoint", "Partner", "Environment", "Health", "Failures in a row", "Last status", "Last success", "Pending", "Next attempt"],
       rows,
       "No endpoints yet."
-    )
+    ),
+    events ? [h("h2", {}, "Latest events"), eventsTable("The latest events", events)] : null
   );
 }
 
 async function partnerOverview(box) {
-  const [eps, dls] = await Promise.all([get("/v1/endpoints"), get("/v1/dead-letters?limit=100")]);
+  const [eps, dls, events] = await Promise.all([get("/v1/endpoints"), get("/v1/dead-letters?limit=100"), latestEvents({ limit: "10" })]);
   const endpoints = eps.endpoints || [];
   const dead = (dls.dead_letters || []).length;
   const rows = endpoints.map((e) => [
@@ -108,7 +149,8 @@ async function partnerOverview(box) {
       card("Dead letters", h("a", { href: "#/dead-letters", "data-key": "dl" }, dls.next ? `${dead}+` : String(dead)))
     ),
     h("h2", {}, `Your endpoints (${rows.length})`),
-    table("Your endpoints", ["Endpoint", "Environment", "State", "Event types", "Description"], rows, "No endpoints for this token.")
+    table("Your endpoints", ["Endpoint", "Environment", "State", "Event types", "Description"], rows, "No endpoints for this token."),
+    events ? [h("h2", {}, "Latest events"), eventsTable("Your latest events", events)] : null
   );
 }
 
@@ -177,7 +219,7 @@ export async function endpointView(place, ctx, id) {
     }
   });
   ctx.every(30000, () => renderStats(stats, ep.id, ctx));
-  await renderDeliveries(deliveries, ep.id);
+  await ctx.every(5000, () => renderDeliveries(deliveries, ep.id));
 }
 
 function renderHealth(box, e) {
@@ -192,7 +234,7 @@ function renderHealth(box, e) {
       h("dt", {}, "Failures in a row"),
       h("dd", {}, String(e.consecutive_failures ?? 0)),
       h("dt", {}, "Last status"),
-      h("dd", {}, statusText(e.last_status_code), e.last_error ? ` · ${e.last_error}` : ""),
+      h("dd", {}, statusText(e.last_status_code), e.consecutive_failures && e.last_error ? ` · ${e.last_error}` : ""),
       h("dt", {}, "Last success"),
       h("dd", {}, time(e.last_success_at)),
       h("dt", {}, "Last failure"),
@@ -322,9 +364,16 @@ function renderActions(box, state) {
 }
 
 async function renderDeliveries(box, id) {
-  const mine = recent.list().filter((r) => (r.endpoints || []).includes(id)).slice(0, 10);
+  const heading = h("h2", { id: "ep-deliveries-h" }, "Recent deliveries");
+  const all = h("p", {}, h("a", { href: `#/dead-letters?endpoint_id=${enc(id)}` }, "This endpoint's dead letters"));
+  const events = await latestEvents({ endpoint_id: id, limit: "20" });
+  if (events) {
+    refill(box, heading, eventsTable("Recent deliveries to this endpoint", events, id), all);
+    return;
+  }
+  // A daemon without the events list: what this tab has seen.
   const rows = [];
-  for (const r of mine) {
+  for (const r of recent.list().filter((r) => (r.endpoints || []).includes(id)).slice(0, 10)) {
     try {
       const ev = await get(`/v1/events/${enc(r.id)}`);
       for (const d of (ev.deliveries || []).filter((d) => d.endpoint_id === id)) {
@@ -342,21 +391,11 @@ async function renderDeliveries(box, id) {
       if (e.status === 401) throw e;
     }
   }
-  let dead = [];
-  try {
-    dead = (await get(`/v1/dead-letters?endpoint_id=${enc(id)}&limit=10`)).dead_letters || [];
-  } catch (e) {
-    if (e.status === 401) throw e;
-  }
-  for (const d of dead) {
-    rows.push([h("a", { href: `#/events/${enc(d.event_id)}` }, d.event_id), d.event_type, badge("dead", "dead"), String(d.attempts), d.last_status_code ?? d.last_error ?? "—", time(d.dead_at)]);
-  }
   fill(
     box,
-    h("h2", { id: "ep-deliveries-h" }, "Recent deliveries"),
-    h("p", { class: "muted small" }, "Events sent or opened in this tab, and this endpoint's dead letters. Find any other event by its id under Search."),
+    heading,
     table("Recent deliveries to this endpoint", ["Event", "Type", "Status", "Attempts", "Last answer", "When"], rows, "No recent deliveries known to this tab."),
-    h("p", {}, h("a", { href: `#/dead-letters?endpoint_id=${enc(id)}` }, "All dead letters of this endpoint"))
+    all
   );
 }
 
@@ -388,8 +427,10 @@ export async function searchView(place) {
     message
   );
   const rows = recent.list().map((r) => [h("a", { href: `#/events/${enc(r.id)}` }, r.id), r.type || "", time(r.at)]);
-  fill(place, h("h1", {}, "Search"), form, h("h2", {}, "Recent in this tab"), table("Events opened in this tab", ["Event", "Type", "Opened"], rows, "None yet."));
+  fill(place, h("h1", {}, "Search"), form, h("h2", {}, "Opened in this tab"), table("Events opened in this tab", ["Event", "Type", "Opened"], rows, "None yet."));
   input.focus();
+  const events = await latestEvents({ limit: "25" });
+  if (events) place.append(h("h2", {}, "Latest events"), eventsTable("The latest events", events));
 }
 
 // ---- Partner tokens (admin) ----
