@@ -28,6 +28,10 @@ function context(query) {
     query,
     live: true,
     timers: [],
+    /** Stops the view's refreshing; it stays shown. */
+    stop() {
+      ctx.timers.forEach(clearInterval);
+    },
     /** Runs `fn` now and then every `ms` while the view is shown (not while a run is going). */
     every(ms, fn) {
       let busy = false;
@@ -70,6 +74,8 @@ async function route() {
     place.setAttribute("aria-busy", "true");
     try {
       await view(place, ctx, ...m.slice(1).map(decodeURIComponent));
+      // A keyboard user continues from the new view, not from the link that led there.
+      if (ctx.live && !place.contains(document.activeElement)) place.focus({ preventScroll: true });
     } catch (e) {
       if (e instanceof ApiError && e.status === 401) return;
       if (ctx.live) fill(place, h("h1", {}, "Something went wrong"), h("p", { class: "error", role: "alert" }, errorText(e)));

@@ -81,16 +81,24 @@ export function absolute(iso) {
   return `${d.toLocaleString()} (${d.toISOString().replace(".000Z", "Z")})`;
 }
 
-/** <time> showing the relative time, the absolute one on hover; "—" for null. */
+/**
+ * <time> showing the relative time, the absolute one on hover; "—" for null. With a prefix
+ * ("next attempt "), the time is one to come: once passed it reads "due now".
+ */
 export function time(iso, prefix = "") {
   if (!iso) return h("span", { class: "muted" }, "—");
-  return h("time", { datetime: iso, title: absolute(iso), "data-relative": prefix }, prefix + relative(iso));
+  return h("time", { datetime: iso, title: absolute(iso), "data-relative": prefix }, label(iso, prefix));
+}
+
+function label(iso, prefix) {
+  if (prefix && Date.parse(iso) <= Date.now()) return `${prefix}due now`;
+  return prefix + relative(iso);
 }
 
 /** Brings every <time data-relative> on the page up to date (called once a second). */
 export function tickTimes(root = document) {
   for (const el of root.querySelectorAll("time[data-relative]")) {
-    el.textContent = el.dataset.relative + relative(el.getAttribute("datetime"));
+    el.textContent = label(el.getAttribute("datetime"), el.dataset.relative);
   }
 }
 

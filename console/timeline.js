@@ -16,7 +16,7 @@ export async function eventView(place, ctx, id) {
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
         fill(body, h("h1", {}, "Event not found"), h("p", {}, `No event ${id} is visible to this token.`));
-        ctx.live = false;
+        ctx.stop();
         return;
       }
       throw e;
@@ -33,7 +33,7 @@ export async function eventView(place, ctx, id) {
     if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
     // Nothing more will happen to an event whose deliveries are all final.
     const openDeliveries = (ev.deliveries || []).some((d) => d.status === "pending" || d.status === "in_flight");
-    if (!openDeliveries) ctx.live = ctx.keepLive || false;
+    if (!openDeliveries) ctx.stop();
   });
 }
 
@@ -73,6 +73,8 @@ function redeliverButton(ev) {
         try {
           const r = await post(`/v1/events/${enc(ev.id)}/redeliver`);
           flash(`${r.deliveries} new deliveries queued.`);
+          // Show them, and follow them until they are final.
+          window.dispatchEvent(new HashChangeEvent("hashchange"));
         } catch (e) {
           flash(errorText(e), "error");
         }

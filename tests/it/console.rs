@@ -227,8 +227,29 @@ async fn admin_logs_in_sees_the_endpoint_and_a_refused_token_goes_back_to_login(
     assert_eq!(c.page.eval("localStorage.length").await, json!(0));
     c.screenshot("overview").await;
 
-    // The endpoint is one click away.
-    c.page.click(&format!("a[href='#/endpoints/{ep}']")).await;
+    // The endpoint is a few Tabs and an Enter away, and the focus is visible on the way.
+    let target = format!("#/endpoints/{ep}");
+    let mut tabs = 0;
+    loop {
+        c.page.press("Tab", "Tab", 9).await;
+        tabs += 1;
+        let href = c
+            .page
+            .eval("document.activeElement && document.activeElement.getAttribute('href')")
+            .await;
+        if href == json!(target) {
+            break;
+        }
+        assert!(tabs < 30, "the endpoint link is not reachable by Tab");
+    }
+    assert_eq!(
+        c.page
+            .eval("getComputedStyle(document.activeElement).outlineStyle")
+            .await,
+        json!("solid"),
+        "the focused link shows no focus ring"
+    );
+    c.page.press("Enter", "Enter", 13).await;
     c.page
         .wait_for("document.getElementById('ep-health') && document.getElementById('ep-health').innerText.includes('healthy')", Duration::from_secs(30))
         .await;
