@@ -117,9 +117,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Settings of the embedded database (`[storage]`).
+/// Settings of the store (`[storage]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageConfig {
+    /// Which backend keeps the data: the embedded sled database (default), or PostgreSQL shared
+    /// by several daemons (contract section 8).
+    pub backend: StorageBackend,
+    /// `[storage.postgres]`: read only with `backend = "postgres"`.
+    pub postgres: PostgresConfig,
     /// The sled database directory (relative paths are relative to the working directory); under
     /// systemd it defaults to the first entry of `$STATE_DIRECTORY` when the file does not set it.
     pub dir: PathBuf,
@@ -134,6 +139,68 @@ pub struct StorageConfig {
     /// means `$CREDENTIALS_DIRECTORY/previous_master_key` if that exists. Secrets found sealed with
     /// it are sealed again with the current key when the store opens.
     pub previous_master_key_file: Option<PathBuf>,
+}
+
+/// The backend of the store (`storage.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageBackend {
+    /// sled in `storage.dir`: one process.
+    #[default]
+    Sled,
+    /// A PostgreSQL database that any number of daemons share.
+    Postgres,
+}
+
+impl StorageBackend {
+    /// The name as written in the config and shown by `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageBackend::Sled => "sled",
+            StorageBackend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Settings of the PostgreSQL backend (`[storage.postgres]`).
+#[derive(Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// The connection string (`postgres://user@host/db` or `host=... dbname=...`); `None` (absent
+    /// or `""`) means read it from `url_file`. Never logged (`Debug` redacts it): it may hold a
+    /// password. See [`load_postgres_url`].
+    pub url: Option<String>,
+    /// A file holding the connection string; `None` means `$CREDENTIALS_DIRECTORY/postgres_url`.
+    pub url_file: Option<PathBuf>,
+    /// Connections each daemon keeps to the database; between 1 and 1024.
+    pub pool_size: usize,
+    /// How long a node's claim on a delivery lasts before another node may take it over; at
+    /// least one second.
+    pub lease: Duration,
+    /// This node's name in `/status`; `None` (absent or `""`) means `<hostname>:<listen port>`.
+    pub node_name: Option<String>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            url_file: None,
+            pool_size: 16,
+            lease: Duration::from_secs(60),
+            node_name: None,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("url_file", &self.url_file)
+            .field("pool_size", &self.pool_size)
+            .field("lease", &self.lease)
+            .field("node_name", &self.node_name)
+            .finish()
+    }
 }
 
 /// Settings of outbound attempts (`[delivery]`).
@@ -254,6 +321,8 @@ impl Default for ServerConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            backend: StorageBackend::Sled,
+            postgres: PostgresConfig::default(),
             dir: PathBuf::from("data/db"),
             max_bytes: 0,
             master_key_file: None,
@@ -478,6 +547,25 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `storage.backend = "postgres"` without a usable connection string.
+    #[error("{reason}")]
+    PostgresUrl {
+        /// Where it was looked for: `storage.postgres.url_file`, `$CREDENTIALS_DIRECTORY`, or
+        /// `storage.postgres.url` when it is nowhere.
+        key: &'static str,
+        /// A sentence saying what is wrong and where a URL may be given.
+        reason: String,
+    },
+    /// A setting this build cannot serve.
+    #[error("{key} = {value}: {reason}")]
+    Unsupported {
+        /// The dotted key.
+        key: &'static str,
+        /// The value as written in TOML.
+        value: &'static str,
+        /// Why, as a sentence.
+        reason: &'static str,
+    },
     /// A new admin token could not be written under `storage.dir`.
     #[error("cannot create {} in storage.dir: {io}", .path.display())]
     TokenWrite {
@@ -497,7 +585,9 @@ impl ConfigError {
             | ConfigError::Invalid { key, .. } => Some(key),
             ConfigError::TokenRead { key, .. } | ConfigError::TokenInvalid { key, .. } => Some(key),
             ConfigError::TokenWrite { .. } => Some("storage.dir"),
-            ConfigError::MasterKey { key, .. } => Some(key),
+            ConfigError::MasterKey { key, .. }
+            | ConfigError::PostgresUrl { key, .. }
+            | ConfigError::Unsupported { key, .. } => Some(key),
             ConfigError::ExtraRoots { .. } => Some("delivery.extra_roots_file"),
             ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
         }
@@ -603,6 +693,88 @@ pub fn load_master_keys(
     })
 }
 
+/// The PostgreSQL connection string, with `storage.backend = "postgres"` (`None` with sled):
+/// `storage.postgres.url` if set, else the file `storage.postgres.url_file` (it must exist), else
+/// `$CREDENTIALS_DIRECTORY/postgres_url` if that exists; nowhere is an error. A file holds the URL
+/// on its first line.
+pub fn load_postgres_url(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    if config.storage.backend != StorageBackend::Postgres {
+        return Ok(None);
+    }
+    let pg = &config.storage.postgres;
+    if let Some(url) = &pg.url {
+        return Ok(Some(url.clone()));
+    }
+    let read = |path: &Path, key: &'static str, required: bool| {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(io) if io.kind() == io::ErrorKind::NotFound && !required => return Ok(None),
+            Err(io) => {
+                return Err(ConfigError::PostgresUrl {
+                    key,
+                    reason: format!(
+                        "cannot read the PostgreSQL URL file {} (from {key}): {io}",
+                        path.display()
+                    ),
+                })
+            }
+        };
+        let url = text.lines().next().unwrap_or("").trim();
+        match check_postgres_url(url) {
+            Ok(()) => {
+                warn_if_shared(path, "the PostgreSQL URL file");
+                Ok(Some(url.to_owned()))
+            }
+            Err(why) => Err(ConfigError::PostgresUrl {
+                key,
+                reason: format!(
+                    "the PostgreSQL URL file {} (from {key}) {why}",
+                    path.display()
+                ),
+            }),
+        }
+    };
+    if let Some(path) = &pg.url_file {
+        return read(path, "storage.postgres.url_file", true);
+    }
+    let credentials = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty());
+    if let Some(dir) = credentials {
+        let path = Path::new(&dir).join(POSTGRES_URL_CREDENTIAL);
+        if let Some(url) = read(&path, "$CREDENTIALS_DIRECTORY", false)? {
+            return Ok(Some(url));
+        }
+    }
+    Err(ConfigError::PostgresUrl {
+        key: "storage.postgres.url",
+        reason: "storage.backend is \"postgres\" but no database URL is given: set \
+                 storage.postgres.url, or storage.postgres.url_file, or provide the credential \
+                 postgres_url ($CREDENTIALS_DIRECTORY/postgres_url, systemd LoadCredential=)"
+            .to_owned(),
+    })
+}
+
+/// Whether `url` can be a PostgreSQL connection string; the reason ends a sentence. The URL is
+/// never part of the reason: it may hold a password.
+fn check_postgres_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() {
+        return Err("is empty");
+    }
+    if url.chars().any(char::is_control) {
+        return Err("holds control characters");
+    }
+    let is_uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !is_uri && !url.contains('=') {
+        return Err(
+            "is not a PostgreSQL connection string: use \"postgres://user@host/database\" \
+                    or \"host=... dbname=...\"",
+        );
+    }
+    Ok(())
+}
+
 /// Reads one master key file; `Ok(None)` when it does not exist and need not.
 fn read_master_key(
     path: &Path,
@@ -659,6 +831,9 @@ pub fn load_extra_roots(
 /// The name of the master key among systemd credentials (`LoadCredential=master_key:...`).
 const MASTER_KEY_CREDENTIAL: &str = "master_key";
 
+/// The systemd credential holding the PostgreSQL connection string.
+const POSTGRES_URL_CREDENTIAL: &str = "postgres_url";
+
 /// The name of the previous master key among systemd credentials, during a key rotation.
 const PREVIOUS_MASTER_KEY_CREDENTIAL: &str = "previous_master_key";
 
@@ -693,6 +868,8 @@ enum Kind {
     Int,
     Float,
     Bool,
+    /// A sub-table with its own keys, such as `[storage.postgres]`.
+    Table(&'static [(&'static str, Kind)]),
 }
 
 /// Every table and key, in the order of the spec. It must match the `Raw*` structs below (the
@@ -710,10 +887,21 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     (
         "storage",
         &[
+            ("backend", Kind::Str),
             ("dir", Kind::Str),
             ("max_bytes", Kind::Int),
             ("master_key_file", Kind::Str),
             ("previous_master_key_file", Kind::Str),
+            (
+                "postgres",
+                Kind::Table(&[
+                    ("url", Kind::Str),
+                    ("url_file", Kind::Str),
+                    ("pool_size", Kind::Int),
+                    ("lease", Kind::Duration),
+                    ("node_name", Kind::Str),
+                ]),
+            ),
         ],
     ),
     (
@@ -789,10 +977,22 @@ struct RawServer {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
+    backend: Option<String>,
+    postgres: Option<RawPostgres>,
     dir: Option<String>,
     max_bytes: Option<i64>,
     master_key_file: Option<String>,
     previous_master_key_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    url_file: Option<String>,
+    pool_size: Option<i64>,
+    lease: Option<String>,
+    node_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -883,18 +1083,29 @@ fn check_shape(table: &toml::Table, file: &Option<PathBuf>) -> Result<(), Config
                 found: type_name(value),
             });
         };
-        for (key, value) in section {
-            let full = format!("{name}.{key}");
-            let Some((_, kind)) = keys.iter().find(|(known, _)| known == key) else {
-                let names: Vec<&str> = keys.iter().map(|(known, _)| *known).collect();
-                return Err(ConfigError::UnknownKey {
-                    file: file.clone(),
-                    key: full,
-                    accepted: format!("[{name}] accepts {}", names.join(", ")),
-                });
-            };
-            check_kind(&full, *kind, value, file)?;
-        }
+        check_keys(name, keys, section, file)?;
+    }
+    Ok(())
+}
+
+/// Checks the keys of the table `[name]` against `keys`.
+fn check_keys(
+    name: &str,
+    keys: &[(&str, Kind)],
+    section: &toml::Table,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    for (key, value) in section {
+        let full = format!("{name}.{key}");
+        let Some((_, kind)) = keys.iter().find(|(known, _)| known == key) else {
+            let names: Vec<&str> = keys.iter().map(|(known, _)| *known).collect();
+            return Err(ConfigError::UnknownKey {
+                file: file.clone(),
+                key: full,
+                accepted: format!("[{name}] accepts {}", names.join(", ")),
+            });
+        };
+        check_kind(&full, *kind, value, file)?;
     }
     Ok(())
 }
@@ -918,6 +1129,7 @@ fn check_kind(
         | (Kind::Int, V::Integer(_))
         | (Kind::Float, V::Float(_) | V::Integer(_))
         | (Kind::Bool, V::Boolean(_)) => Ok(()),
+        (Kind::Table(keys), V::Table(table)) => check_keys(key, keys, table, file),
         (Kind::Durations, V::Array(items)) => {
             match items.iter().enumerate().find(|(_, item)| !item.is_str()) {
                 Some((index, item)) => Err(ConfigError::WrongType {
@@ -938,6 +1150,7 @@ fn check_kind(
         (Kind::Int, _) => Err(wrong(key.to_owned(), "an integer")),
         (Kind::Float, _) => Err(wrong(key.to_owned(), "a number")),
         (Kind::Bool, _) => Err(wrong(key.to_owned(), "true or false")),
+        (Kind::Table(_), _) => Err(wrong(key.to_owned(), "a table")),
     }
 }
 
@@ -1009,6 +1222,16 @@ impl Convert {
 
         let (r, d) = (raw.storage.unwrap_or_default(), StorageConfig::default());
         let storage = StorageConfig {
+            backend: match r.backend.as_deref() {
+                None => d.backend,
+                Some("sled") => StorageBackend::Sled,
+                Some("postgres") => StorageBackend::Postgres,
+                Some(other) => {
+                    let reason = "it must be \"sled\" or \"postgres\"";
+                    return Err(self.invalid("storage.backend", &quote(other), reason));
+                }
+            },
+            postgres: self.postgres(r.postgres.unwrap_or_default(), d.postgres)?,
             dir: match r.dir {
                 Some(dir) if dir.is_empty() => {
                     return Err(self.invalid("storage.dir", "\"\"", "it must name a directory"));
@@ -1163,6 +1386,44 @@ impl Convert {
             log,
             http: HttpLimits::default(),
             test_hooks: TestHooks::default(),
+        })
+    }
+
+    /// `[storage.postgres]`, from its raw values (`r`) and its defaults (`d`).
+    fn postgres(&self, r: RawPostgres, d: PostgresConfig) -> Result<PostgresConfig, ConfigError> {
+        let lease = self.positive("storage.postgres.lease", r.lease.clone(), d.lease)?;
+        if lease < Duration::from_secs(1) {
+            let shown = r.lease.as_deref().map(quote).unwrap_or_default();
+            let reason = "it must be at least 1s: a claim must outlast an attempt's start";
+            return Err(self.invalid("storage.postgres.lease", &shown, reason));
+        }
+        Ok(PostgresConfig {
+            url: match r.url.filter(|url| !url.is_empty()) {
+                Some(url) => match check_postgres_url(&url) {
+                    Ok(()) => Some(url),
+                    Err(why) => {
+                        let reason = format!("it {why}");
+                        // The value is not shown: it may hold a password.
+                        return Err(self.invalid("storage.postgres.url", "(not shown)", &reason));
+                    }
+                },
+                None => None,
+            },
+            url_file: optional_path(r.url_file),
+            pool_size: self.int(
+                "storage.postgres.pool_size",
+                r.pool_size,
+                1..=1024,
+                d.pool_size,
+            )?,
+            lease,
+            node_name: match r.node_name.filter(|name| !name.is_empty()) {
+                Some(name) if name.len() > 128 || name.chars().any(char::is_control) => {
+                    let reason = "it must be at most 128 characters, without control characters";
+                    return Err(self.invalid("storage.postgres.node_name", &quote(&name), reason));
+                }
+                other => other,
+            },
         })
     }
 

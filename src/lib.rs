@@ -108,6 +108,16 @@ async fn start_and_run(
     shutdown: Shutdown,
     open: store::OpenOptions,
 ) -> Result<(), RunError> {
+    // Read first: everything below depends on the backend (where a token is generated, which
+    // store is opened).
+    if config::load_postgres_url(&config, &config::process_env)?.is_some() {
+        return Err(config::ConfigError::Unsupported {
+            key: "storage.backend",
+            value: "\"postgres\"",
+            reason: "the postgres backend is not built yet",
+        }
+        .into());
+    }
     let token = config::load_admin_token_from_process_env(&config)?;
     if token.generated {
         tracing::info!(path = %token.source.display(), "generated an admin token");

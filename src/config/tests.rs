@@ -37,6 +37,12 @@ fn defaults_equal_the_spec() {
     assert_eq!(config.server.shutdown_grace, secs(10));
     assert_eq!(config.storage.dir, PathBuf::from("data/db"));
     assert_eq!(config.storage.max_bytes, 0);
+    assert_eq!(config.storage.backend, StorageBackend::Sled);
+    assert_eq!(config.storage.postgres.url, None);
+    assert_eq!(config.storage.postgres.url_file, None);
+    assert_eq!(config.storage.postgres.pool_size, 16);
+    assert_eq!(config.storage.postgres.lease, secs(60));
+    assert_eq!(config.storage.postgres.node_name, None);
     assert_eq!(config.delivery.timeout, secs(15));
     assert_eq!(config.delivery.connect_timeout, secs(5));
     assert_eq!(config.delivery.max_in_flight, 256);
@@ -146,10 +152,17 @@ fn a_file_with_every_key_parses() {
         max_body_bytes = 1024
         shutdown_grace = "0s"
         [storage]
+        backend = "postgres"
         dir = "/srv/db"
         max_bytes = 1000000
         master_key_file = "/etc/key"
         previous_master_key_file = ""
+        [storage.postgres]
+        url = "postgres://webhookd@db1/webhookd"
+        url_file = "/etc/pg_url"
+        pool_size = 4
+        lease = "30s"
+        node_name = "node-a"
         [delivery]
         timeout = "250ms"
         connect_timeout = "20s"
@@ -185,6 +198,14 @@ fn a_file_with_every_key_parses() {
             shutdown_grace: Duration::ZERO,
         },
         storage: StorageConfig {
+            backend: StorageBackend::Postgres,
+            postgres: PostgresConfig {
+                url: Some("postgres://webhookd@db1/webhookd".to_owned()),
+                url_file: Some(PathBuf::from("/etc/pg_url")),
+                pool_size: 4,
+                lease: secs(30),
+                node_name: Some("node-a".to_owned()),
+            },
             dir: PathBuf::from("/srv/db"),
             max_bytes: 1_000_000,
             master_key_file: Some(PathBuf::from("/etc/key")),
@@ -716,7 +737,140 @@ fn the_example_file_holds_every_key_with_the_defaults() {
         for name in &names {
             assert!(found.contains(name), "the example lacks {section}.{name}");
         }
+        for (key, kind) in *keys {
+            if let Kind::Table(inner) = kind {
+                let sub = present[*key].as_table().unwrap();
+                for (name, _) in *inner {
+                    assert!(
+                        sub.contains_key(*name),
+                        "the example lacks {section}.{key}.{name}"
+                    );
+                }
+            }
+        }
     }
+}
+
+#[test]
+fn storage_backend_and_postgres_keys_are_checked_naming_the_key() {
+    let e = error_of("[storage]\nbackend = \"mysql\"");
+    assert!(
+        e.contains("storage.backend") && e.contains("\"sled\" or \"postgres\""),
+        "{e}"
+    );
+    let e = error_of("[storage.postgres]\npool_size = 0");
+    assert!(
+        e.contains("storage.postgres.pool_size") && e.contains("between 1 and 1024"),
+        "{e}"
+    );
+    let e = error_of("[storage.postgres]\nlease = \"500ms\"");
+    assert!(
+        e.contains("storage.postgres.lease") && e.contains("at least 1s"),
+        "{e}"
+    );
+    let e = error_of("[storage.postgres]\nlease = \"0s\"");
+    assert!(e.contains("storage.postgres.lease"), "{e}");
+    let e = error_of("[storage.postgres]\nlease = 60");
+    assert!(
+        e.contains("storage.postgres.lease must be a duration"),
+        "{e}"
+    );
+    let e = error_of("[storage.postgres]\nurll = \"x\"");
+    assert!(e.contains("unknown key storage.postgres.urll"), "{e}");
+    assert!(
+        e.contains("[storage.postgres] accepts url, url_file"),
+        "{e}"
+    );
+    let e = error_of("[storage]\npostgres = \"postgres://db\"");
+    assert!(e.contains("storage.postgres must be a table"), "{e}");
+    // A malformed URL is refused without showing it: it may hold a password.
+    let e = error_of("[storage.postgres]\nurl = \"mysql://u:hunter2@db\"");
+    assert!(
+        e.contains("storage.postgres.url") && !e.contains("hunter2"),
+        "{e}"
+    );
+    let e = error_of("[storage.postgres]\nnode_name = \"a\\nb\"");
+    assert!(e.contains("storage.postgres.node_name"), "{e}");
+    // Empty strings mean "not set"; key=value connection strings are accepted.
+    let config =
+        Config::from_toml_str("[storage.postgres]\nurl = \"\"\nurl_file = \"\"\nnode_name = \"\"")
+            .unwrap();
+    assert_eq!(config.storage.postgres, PostgresConfig::default());
+    let config =
+        Config::from_toml_str("[storage.postgres]\nurl = \"host=/tmp dbname=webhookd\"").unwrap();
+    assert_eq!(
+        config.storage.postgres.url.as_deref(),
+        Some("host=/tmp dbname=webhookd")
+    );
+    // Debug never shows the URL.
+    let config =
+        Config::from_toml_str("[storage.postgres]\nurl = \"postgres://u:hunter2@db/webhookd\"")
+            .unwrap();
+    assert!(!format!("{config:?}").contains("hunter2"));
+}
+
+#[test]
+fn the_postgres_url_comes_from_url_then_url_file_then_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = tempfile::tempdir().unwrap();
+    let creds = credentials.path().to_str().unwrap().to_owned();
+    let env = env_of(&[("CREDENTIALS_DIRECTORY", &creds)]);
+    let mut config = config_with_dir(dir.path());
+
+    // sled: no URL is looked for, even where one is given.
+    config.storage.postgres.url = Some("postgres://db/x".to_owned());
+    assert_eq!(load_postgres_url(&config, &env).unwrap(), None);
+
+    config.storage.backend = StorageBackend::Postgres;
+    assert_eq!(
+        load_postgres_url(&config, &env).unwrap().as_deref(),
+        Some("postgres://db/x")
+    );
+
+    // Nowhere: a message naming the keys and the credential.
+    config.storage.postgres.url = None;
+    let e = load_postgres_url(&config, &env).unwrap_err();
+    assert_eq!(e.key(), Some("storage.postgres.url"));
+    let text = e.to_string();
+    assert!(
+        text.contains("storage.postgres.url_file") && text.contains("postgres_url"),
+        "{text}"
+    );
+
+    // The credential.
+    fs::write(
+        credentials.path().join("postgres_url"),
+        "postgres://cred@db/x\n",
+    )
+    .unwrap();
+    assert_eq!(
+        load_postgres_url(&config, &env).unwrap().as_deref(),
+        Some("postgres://cred@db/x")
+    );
+
+    // url_file wins over the credential, and must exist.
+    let file = dir.path().join("pg_url");
+    fs::write(&file, "postgresql://file@db/x\n").unwrap();
+    config.storage.postgres.url_file = Some(file.clone());
+    assert_eq!(
+        load_postgres_url(&config, &env).unwrap().as_deref(),
+        Some("postgresql://file@db/x")
+    );
+    fs::write(&file, "\n").unwrap();
+    let e = load_postgres_url(&config, &env).unwrap_err();
+    assert_eq!(e.key(), Some("storage.postgres.url_file"));
+    assert!(e.to_string().contains("is empty"), "{e}");
+    config.storage.postgres.url_file = Some(dir.path().join("absent"));
+    let e = load_postgres_url(&config, &env).unwrap_err();
+    assert_eq!(e.key(), Some("storage.postgres.url_file"));
+    assert!(e.to_string().contains("cannot read"), "{e}");
+
+    // url wins over both.
+    config.storage.postgres.url = Some("postgres://given@db/x".to_owned());
+    assert_eq!(
+        load_postgres_url(&config, &no_env).unwrap().as_deref(),
+        Some("postgres://given@db/x")
+    );
 }
 
 #[test]

@@ -455,3 +455,51 @@ fn config_env_var_is_honoured() {
         "the default storage.dir must not be used"
     );
 }
+
+/// `storage.backend = "postgres"` with no database URL anywhere (key, file, credential) stops
+/// start-up with exit 64 and a message naming where to give one; nothing is written to `storage.dir`.
+#[test]
+fn a_postgres_backend_without_a_url_exits_64_naming_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nbackend = \"postgres\"\ndir = {:?}\n",
+        db.display().to_string()
+    );
+    let (code, output) = serve_with(&text);
+    assert_eq!(code, Some(EXIT_CONFIG), "{output}");
+    let output = plain(&output);
+    for key in [
+        "storage.postgres.url",
+        "storage.postgres.url_file",
+        "postgres_url",
+    ] {
+        assert!(output.contains(key), "the message names {key}:\n{output}");
+    }
+    assert!(!db.join("admin.token").exists(), "no token is generated");
+}
+
+/// Until the PostgreSQL backend is built, `backend = "postgres"` with a URL is refused with exit 64
+/// saying so, before anything is opened or generated.
+#[test]
+fn the_postgres_backend_is_refused_while_it_is_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nbackend = \"postgres\"\ndir = {:?}\n\n\
+         [storage.postgres]\nurl = \"postgres://webhookd:hunter2@127.0.0.1:1/webhookd\"\n",
+        db.display().to_string()
+    );
+    let (code, output) = serve_with(&text);
+    assert_eq!(code, Some(EXIT_CONFIG), "{output}");
+    let output = plain(&output);
+    assert!(
+        output.contains("storage.backend") && output.contains("not built yet"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("hunter2"),
+        "the URL's password is never shown:\n{output}"
+    );
+    assert!(!db.join("admin.token").exists(), "no token is generated");
+}
