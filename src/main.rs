@@ -233,6 +233,11 @@ fn serve(path: Option<PathBuf>, accept_data_loss: bool) -> ExitCode {
                     source: preflix_webhookd::store::StoreError::MasterKey(_),
                     ..
                 }) => ExitCode::from(EXIT_CONFIG),
+                // A PostgreSQL schema newer than this binary: run the newer one.
+                Some(preflix_webhookd::RunError::Store {
+                    source: preflix_webhookd::store::StoreError::SchemaTooNew(_),
+                    ..
+                }) => ExitCode::from(EXIT_CONFIG),
                 Some(run) if run.is_data_error() => {
                     eprintln!(
                         "preflix-webhookd: `preflix-webhookd check` tells what is missing; restore a backup of the store, \

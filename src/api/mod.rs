@@ -111,7 +111,11 @@ impl From<StoreError> for ApiError {
                     "the store cannot be written at the moment; nothing was stored, retry shortly",
                 )
             }
-            StoreError::Corrupt(_) | StoreError::MasterKey(_) | StoreError::Damaged { .. } => {
+            StoreError::Corrupt(_)
+            | StoreError::MasterKey(_)
+            | StoreError::Damaged { .. }
+            | StoreError::SchemaTooNew(_)
+            | StoreError::Database(_) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -27,6 +27,7 @@
 //! scheduler drops that outcome. On sled claims live in memory, `fence` is 0 and settle never
 //! answers `Fenced`.
 
+pub mod postgres;
 pub mod sled;
 
 pub use self::sled::sealing::{MasterKey, MasterKeys};
@@ -68,6 +69,12 @@ pub enum StoreError {
     /// delivery over): the outcome is dropped. Never on sled.
     #[error("the claim on this delivery is no longer this node's")]
     Fenced,
+    /// The PostgreSQL database has a newer schema than this binary knows: it refuses to start.
+    #[error("{0}")]
+    SchemaTooNew(String),
+    /// PostgreSQL refused a statement for another reason than being unreachable.
+    #[error("{0}")]
+    Database(String),
 }
 
 impl StoreError {
@@ -311,6 +318,7 @@ pub struct NoticeRound {
 #[derive(Clone)]
 pub enum Store {
     Sled(sled::SledStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -333,6 +341,7 @@ impl Store {
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Sled(_) => "sled",
+            Store::Postgres(_) => "postgres",
         }
     }
 
@@ -340,6 +349,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.close_async().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 
@@ -349,12 +359,14 @@ impl Store {
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         match self {
             Store::Sled(s) => s.endpoints(),
+            Store::Postgres(s) => s.endpoints(),
         }
     }
 
     pub fn endpoint(&self, num: u64) -> Option<Arc<Endpoint>> {
         match self {
             Store::Sled(s) => s.endpoint(num),
+            Store::Postgres(s) => s.endpoint(num),
         }
     }
 
@@ -362,6 +374,7 @@ impl Store {
     pub fn writable(&self) -> bool {
         match self {
             Store::Sled(s) => s.writable(),
+            Store::Postgres(s) => s.writable(),
         }
     }
 
@@ -369,6 +382,7 @@ impl Store {
     pub fn fault(&self) -> Option<(Fault, String)> {
         match self {
             Store::Sled(s) => s.fault(),
+            Store::Postgres(s) => s.fault(),
         }
     }
 
@@ -376,6 +390,7 @@ impl Store {
     pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
         match self {
             Store::Sled(s) => s.wake_handle(),
+            Store::Postgres(s) => s.wake_handle(),
         }
     }
 
@@ -384,6 +399,7 @@ impl Store {
     pub fn admit_ingest(&self, max_bytes: u64) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.admit_ingest(max_bytes),
+            Store::Postgres(s) => s.admit_ingest(max_bytes),
         }
     }
 
@@ -393,6 +409,7 @@ impl Store {
     pub fn dir(&self) -> Option<&Path> {
         match self {
             Store::Sled(s) => Some(s.dir()),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -400,6 +417,7 @@ impl Store {
     pub fn damage_mark(&self) -> Option<&DamageMark> {
         match self {
             Store::Sled(s) => s.damage_mark(),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -407,6 +425,7 @@ impl Store {
     pub fn size_on_disk(&self) -> Option<u64> {
         match self {
             Store::Sled(s) => Some(s.size_on_disk()),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -414,6 +433,7 @@ impl Store {
     pub fn measure(&self) {
         match self {
             Store::Sled(s) => s.measure(),
+            Store::Postgres(_) => {}
         }
     }
 
@@ -421,6 +441,7 @@ impl Store {
     pub fn estimated_bytes(&self) -> Option<u64> {
         match self {
             Store::Sled(s) => Some(s.estimated_bytes()),
+            Store::Postgres(_) => None,
         }
     }
 
@@ -429,6 +450,7 @@ impl Store {
     pub async fn counters(&self) -> Result<Counters, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.counters()),
+            Store::Postgres(s) => s.counters().await,
         }
     }
 
@@ -436,24 +458,28 @@ impl Store {
     pub async fn endpoint_pending(&self, num: u64) -> Result<u64, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.endpoint_pending(num)),
+            Store::Postgres(s) => s.endpoint_pending(num).await,
         }
     }
 
     pub async fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
         match self {
             Store::Sled(s) => s.health(num),
+            Store::Postgres(s) => s.health(num).await,
         }
     }
 
     pub async fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
         match self {
             Store::Sled(s) => s.event_by_id(id),
+            Store::Postgres(s) => s.event_by_id(id).await,
         }
     }
 
     pub async fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         match self {
             Store::Sled(s) => s.event(seq),
+            Store::Postgres(s) => s.event(seq).await,
         }
     }
 
@@ -461,6 +487,7 @@ impl Store {
     pub async fn event_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
         match self {
             Store::Sled(s) => s.event_deliveries(event),
+            Store::Postgres(s) => s.event_deliveries(event).await,
         }
     }
 
@@ -468,12 +495,14 @@ impl Store {
     pub async fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         match self {
             Store::Sled(s) => s.events_from(after, limit),
+            Store::Postgres(s) => s.events_from(after, limit).await,
         }
     }
 
     pub async fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
         match self {
             Store::Sled(s) => s.dead_letter(seq),
+            Store::Postgres(s) => s.dead_letter(seq).await,
         }
     }
 
@@ -486,6 +515,7 @@ impl Store {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         match self {
             Store::Sled(s) => s.dead_letters_matching(after, limit, filter),
+            Store::Postgres(s) => s.dead_letters(after, limit, filter).await,
         }
     }
 
@@ -494,6 +524,7 @@ impl Store {
     pub async fn queue_head(&self, ep: &Endpoint) -> Result<Option<QueueHead>, StoreError> {
         match self {
             Store::Sled(s) => s.queue_head(ep),
+            Store::Postgres(s) => s.queue_head(ep).await,
         }
     }
 
@@ -502,6 +533,7 @@ impl Store {
     pub async fn oldest_pending_since(&self) -> Result<Option<u64>, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.oldest_pending_since()),
+            Store::Postgres(s) => Ok(s.oldest_pending_since()),
         }
     }
 
@@ -514,6 +546,7 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
             }
+            Store::Postgres(s) => s.refresh_oldest_pending().await,
         }
     }
 
@@ -524,6 +557,7 @@ impl Store {
     pub async fn claim(&self, ep: &Endpoint, ask: ClaimAsk<'_>) -> Result<ClaimRound, StoreError> {
         match self {
             Store::Sled(s) => s.claim(ep, ask).await,
+            Store::Postgres(s) => s.claim(ep, ask).await,
         }
     }
 
@@ -532,6 +566,7 @@ impl Store {
     pub fn release(&self, claim: Claim) {
         match self {
             Store::Sled(s) => s.release(claim),
+            Store::Postgres(s) => s.release(claim),
         }
     }
 
@@ -539,6 +574,7 @@ impl Store {
     pub fn is_claimed(&self, delivery_seq: u64) -> bool {
         match self {
             Store::Sled(s) => s.is_claimed(delivery_seq),
+            Store::Postgres(s) => s.is_claimed(delivery_seq),
         }
     }
 
@@ -547,6 +583,7 @@ impl Store {
     pub async fn settle(&self, s: Settlement) -> Result<(), StoreError> {
         match self {
             Store::Sled(store) => store.settle(s).await,
+            Store::Postgres(store) => store.settle(s).await,
         }
     }
 
@@ -556,12 +593,14 @@ impl Store {
     pub async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<IngestOutcome>, StoreError> {
         match self {
             Store::Sled(s) => s.ingest(events).await,
+            Store::Postgres(s) => s.ingest(events).await,
         }
     }
 
     pub async fn create_endpoint(&self, endpoint: Endpoint) -> Result<Endpoint, StoreError> {
         match self {
             Store::Sled(s) => s.create_endpoint(endpoint).await,
+            Store::Postgres(s) => s.create_endpoint(endpoint).await,
         }
     }
 
@@ -576,6 +615,7 @@ impl Store {
     {
         match self {
             Store::Sled(s) => s.update_endpoint(num, change).await,
+            Store::Postgres(s) => s.update_endpoint(num, change).await,
         }
     }
 
@@ -583,6 +623,7 @@ impl Store {
     pub async fn delete_endpoint(&self, num: u64) -> Result<bool, StoreError> {
         match self {
             Store::Sled(s) => s.delete_endpoint(num).await,
+            Store::Postgres(s) => s.delete_endpoint(num).await,
         }
     }
 
@@ -595,6 +636,7 @@ impl Store {
     ) -> Result<Result<u32, DeliveryRefused>, StoreError> {
         match self {
             Store::Sled(s) => s.add_deliveries(pairs, now_ms).await,
+            Store::Postgres(s) => s.add_deliveries(pairs, now_ms).await,
         }
     }
 
@@ -607,12 +649,14 @@ impl Store {
     ) -> Result<Redriven, StoreError> {
         match self {
             Store::Sled(s) => s.retry_dead_letters(seqs, now_ms).await,
+            Store::Postgres(s) => s.retry_dead_letters(seqs, now_ms).await,
         }
     }
 
     pub async fn delete_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
         match self {
             Store::Sled(s) => s.delete_dead_letter(seq).await,
+            Store::Postgres(s) => s.delete_dead_letter(seq).await,
         }
     }
 
@@ -626,6 +670,7 @@ impl Store {
     ) -> Result<(u32, u32), StoreError> {
         match self {
             Store::Sled(s) => s.purge(before_ms, dead_before_ms, limit).await,
+            Store::Postgres(s) => s.purge(before_ms, dead_before_ms, limit).await,
         }
     }
 
@@ -633,6 +678,7 @@ impl Store {
     pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.notice_round(round).await,
+            Store::Postgres(_) => Ok(()),
         }
     }
 }

@@ -15,6 +15,7 @@ mod notifications;
 mod operate;
 mod partition;
 mod partner;
+mod pgstore;
 mod readme;
 mod secrets;
 mod smoke;

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+pub mod pg;
+
 /// A daemon running in this process on a temp dir; `restart` reopens the same dir.
 pub struct TestDaemon {
     pub addr: SocketAddr,

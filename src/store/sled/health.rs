@@ -175,7 +175,9 @@ pub fn classify(e: &StoreError) -> Option<Fault> {
         | StoreError::Corrupt(_)
         | StoreError::Closed
         | StoreError::MasterKey(_)
-        | StoreError::Damaged { .. } => return None,
+        | StoreError::Damaged { .. }
+        | StoreError::SchemaTooNew(_)
+        | StoreError::Database(_) => return None,
     };
     Some(if is_no_space(io) {
         Fault::Full

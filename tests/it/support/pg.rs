@@ -1,0 +1,269 @@
+//! A throwaway PostgreSQL cluster per test: `initdb` into a temp dir, `pg_ctl` on a socket in that
+//! dir (no TCP), stopped on drop. Nothing relies on a server left running on the machine.
+//!
+//! As root the server runs as `postgres` (through `runuser -u postgres --`, the temp dir chowned
+//! to it); otherwise as the current user. Binaries come from `/usr/lib/postgresql/<newest>/bin`,
+//! else `PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+fn bin_dir() -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    if let Some(dir) = found.pop() {
+        return dir;
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v initdb"])
+        .output()
+        .expect("sh runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !path.is_empty(),
+        "PostgreSQL's initdb was not found in /usr/lib/postgresql/*/bin nor in PATH: install the \
+         `postgresql` package (.ci/run does)"
+    );
+    Path::new(&path)
+        .parent()
+        .expect("a directory")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Whether PostgreSQL's binaries are there at all (tests that need them say so when they are not).
+pub fn available() -> bool {
+    std::panic::catch_unwind(bin_dir).is_ok()
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+impl PgCluster {
+    /// initdb + start. `fsync` off keeps tests fast; benchmarks pass true.
+    pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    pub fn start_with(fsync: bool) -> PgCluster {
+        let bin = bin_dir();
+        let as_postgres = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("pg")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        if as_postgres {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown runs");
+            assert!(ok.success(), "chown of the PostgreSQL temp dir failed");
+        }
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let mut cluster = PgCluster {
+            dir,
+            bin,
+            port,
+            as_postgres,
+            running: false,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let conf = format!(
+            "fsync = {}\nmax_connections = 200\nshared_buffers = 64MB\nlisten_addresses = ''\n\
+             unix_socket_directories = '{}'\nport = {}\n",
+            if fsync { "on" } else { "off" },
+            cluster.dir.path().display(),
+            cluster.port
+        );
+        let conf_path = cluster.dir.path().join("data/postgresql.auto.conf");
+        std::fs::write(&conf_path, conf).expect("write postgresql.auto.conf");
+        if as_postgres {
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&conf_path)
+                .status()
+                .expect("chown runs");
+        }
+        cluster.start_server();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool, args)
+            .output()
+            .expect("PostgreSQL tool runs");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
+        let path = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        cmd.args(args);
+        cmd
+    }
+
+    fn start_server(&mut self) {
+        let log = self.dir.path().join("log").display().to_string();
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &["start", "-w", "-t", "60", "-D", &data, "-l", &log],
+        );
+        self.running = true;
+    }
+
+    /// The socket directory (the `host` of a connection string).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh database; its connection string.
+    pub fn create_db(&self) -> String {
+        let name = format!("webhookd{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let host = self.socket_dir().display().to_string();
+        let port = self.port.to_string();
+        self.run(
+            "createdb",
+            &["-h", &host, "-p", &port, "-U", "postgres", &name],
+        );
+        self.url(&name)
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// Runs SQL through psql against `db`; its output.
+    pub fn psql(&self, db_url: &str, sql: &str) -> String {
+        let db = db_url
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("dbname="))
+            .expect("dbname in the url");
+        let host = self.socket_dir().display().to_string();
+        let port = self.port.to_string();
+        let out = self
+            .command(
+                "psql",
+                &[
+                    "-h",
+                    &host,
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                    "-tAX",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    sql,
+                ],
+            )
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `pg_ctl stop -m fast`: the database goes away (until [`PgCluster::start_again`]).
+    pub fn stop(&mut self) {
+        let data = self.data();
+        self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", &data]);
+        self.running = false;
+    }
+
+    pub fn start_again(&mut self) {
+        self.start_server();
+    }
+
+    /// `pg_ctl restart -m fast`.
+    pub fn restart_fast(&mut self) {
+        let log = self.dir.path().join("log").display().to_string();
+        let data = self.data();
+        self.run(
+            "pg_ctl",
+            &[
+                "restart", "-w", "-t", "60", "-m", "fast", "-D", &data, "-l", &log,
+            ],
+        );
+        self.running = true;
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data();
+            let _ = self
+                .command("pg_ctl", &["stop", "-m", "immediate", "-D", &data])
+                .output();
+        }
+    }
+}
