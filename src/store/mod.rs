@@ -30,6 +30,9 @@
 pub mod postgres;
 pub mod sled;
 
+#[cfg(test)]
+pub(crate) mod contract;
+
 pub use self::sled::sealing::{MasterKey, MasterKeys};
 pub use self::sled::watermark::DamageMark;
 pub use self::sled::{check, compact, CheckReport, Compacted};

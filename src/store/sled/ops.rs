@@ -1,4 +1,4 @@
-//! The store's transactions: every state change of the daemon, each one atomic.
+//! sled's transactions: every state change of the daemon, each one atomic.
 
 use super::codec::{
     decode_event_head, pair_key, queue_key, queue_value, retry_queue_value, u64_key, EventHead,
