@@ -30,8 +30,8 @@
 pub mod postgres;
 pub mod sled;
 
-#[cfg(test)]
-pub(crate) mod contract;
+#[doc(hidden)]
+pub mod contract;
 
 pub use self::sled::sealing::{MasterKey, MasterKeys};
 pub use self::sled::watermark::DamageMark;

@@ -381,3 +381,13 @@ async fn an_unreachable_database_is_unavailable_and_comes_back() {
     }
     assert!(ok, "the store reconnects by itself after a restart");
 }
+
+/// The claim contract every backend keeps (`store::contract`), on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_claim_contract() {
+    let pg = PgCluster::start();
+    let url = pg.create_db();
+    let store = preflix_webhookd::store::Store::Postgres(open(&url, "a").await);
+    preflix_webhookd::store::contract::check_all(&store).await;
+    store.close().await.unwrap();
+}
