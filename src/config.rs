@@ -1511,7 +1511,7 @@ fn quote(text: &str) -> String {
 
 /// Parses a duration: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`), at most 100 years.
 /// The error is the end of a sentence about the value.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     const HOW: &str =
         "use a whole number and a unit (ms, s, m, h or d), like \"250ms\", \"5s\" or \"30d\"";
     if text.is_empty() {

@@ -12,6 +12,7 @@
 //! | HTTP interface | [`api`] |
 //! | delivering | [`delivery`]: scheduler, attempt, retry policy, address guard |
 //! | signatures | [`signing`]: signer and verifier, shared with partners |
+//! | endpoint stats | [`stats`]: hourly attempt figures and latency percentiles (pure) |
 //! | logs and metrics | [`telemetry`] |
 //! | stopping | [`shutdown`] |
 //!
@@ -31,6 +32,7 @@ pub mod notifications;
 pub mod notify;
 pub mod shutdown;
 pub mod signing;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 
@@ -288,5 +290,18 @@ async fn purge(state: &AppState) {
             }
         }
         tokio::task::yield_now().await;
+    }
+    // Endpoint stats older than the longest window anyone can ask for, and those of deleted endpoints.
+    let stats_before = stats::hour_of(now.saturating_sub(api::MAX_STATS_WINDOW.as_millis() as u64));
+    match state.store.purge_stats(stats_before).await {
+        Ok(0) => {}
+        Ok(hours) => tracing::debug!(hours, "retention purged endpoint stats"),
+        Err(e) => tracing::error!(error = %e, "retention purge of endpoint stats failed"),
+    }
+    // Partner tokens that expired or were revoked longer ago than events are kept.
+    match state.store.purge_tokens(before).await {
+        Ok(0) => {}
+        Ok(tokens) => tracing::info!(tokens, "retention removed ended partner tokens"),
+        Err(e) => tracing::error!(error = %e, "retention purge of partner tokens failed"),
     }
 }

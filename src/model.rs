@@ -338,6 +338,65 @@ pub fn parse_time_signed(text: &str) -> Option<i64> {
     i64::try_from(at.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
+/// A partner token as stored: never the token itself, only its SHA-256 (the token is 256 random
+/// bits, so the hash alone is enough to check it and useless to whoever reads the store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartnerToken {
+    /// Internal number; the id `tok_…` is derived from it.
+    pub num: u64,
+    /// SHA-256 of the token text (`pft_` + 64 hex digits): how a request's token is found.
+    pub hash: [u8; 32],
+    /// The only partner whose endpoints, events and dead letters the token sees.
+    pub partner_id: String,
+    /// When set, the token sees only this environment of the partner.
+    pub environment: Option<Environment>,
+    /// A read-only token changes nothing.
+    pub read_only: bool,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// Set when an operator revoked it; kept (until retention) so refusals can name it.
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl PartnerToken {
+    pub fn id(&self) -> String {
+        token_id(self.num)
+    }
+
+    /// Whether a request made at `now_ms` may use it.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.revoked_at_ms.is_none() && now_ms < self.expires_at_ms
+    }
+
+    /// What the token may see: its partner, and its environment when it names one.
+    pub fn scope(&self) -> PartnerScope {
+        PartnerScope {
+            partner_id: self.partner_id.clone(),
+            environment: self.environment,
+        }
+    }
+}
+
+pub fn token_id(num: u64) -> String {
+    format!("tok_{num:016x}")
+}
+
+/// One partner's share of the daemon (and one environment of it, when set): what a partner token
+/// sees, and what the store's list queries filter by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartnerScope {
+    pub partner_id: String,
+    pub environment: Option<Environment>,
+}
+
+impl PartnerScope {
+    /// Whether something of `partner_id` in `environment` lies inside the scope.
+    pub fn contains(&self, partner_id: &str, environment: Environment) -> bool {
+        self.partner_id == partner_id && self.environment.is_none_or(|e| e == environment)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 
 /// Starts logging to stderr as `log.level` and `log.format` say. Call once per process.
 pub fn init_logging(config: &Config) {
@@ -43,6 +43,21 @@ pub struct Snapshot {
     pub oldest_pending_age_seconds: f64,
     pub scheduler_idle_seconds: f64,
 }
+
+/// One endpoint's attempts over the last 24 hours, from the store's hourly figures (`crate::stats`).
+#[derive(Debug, Clone)]
+pub struct EndpointFigures {
+    pub endpoint_id: String,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub p50_ms: u32,
+    pub p95_ms: u32,
+}
+
+/// The most endpoints `/metrics` shows figures for (the lowest-numbered, that is the oldest): the
+/// label set stays bounded however many endpoints there are. The rest are counted in
+/// `endpoint_stats_omitted`; `GET /v1/endpoints/{id}/stats` has every endpoint's.
+pub const MAX_ENDPOINT_METRICS: usize = 200;
 
 /// The metrics the daemon keeps as it works; the store's counters are added when rendering.
 #[derive(Debug)]
@@ -80,6 +95,17 @@ impl Metrics {
 
     /// The OpenMetrics exposition of everything ([`to_prometheus_text`] gives the classic format).
     pub fn render(&self, now: &Snapshot) -> String {
+        self.render_with(now, &[], 0)
+    }
+
+    /// [`Metrics::render`], with per-endpoint figures (at most [`MAX_ENDPOINT_METRICS`], labelled
+    /// by endpoint id alone) and the number of endpoints left out.
+    pub fn render_with(
+        &self,
+        now: &Snapshot,
+        endpoints: &[EndpointFigures],
+        omitted: usize,
+    ) -> String {
         let c = &now.counters;
         let in_flight = now.in_flight;
         let retrying_in_flight = now.retrying_in_flight;
@@ -163,11 +189,57 @@ impl Metrics {
             "Seconds since the scheduler last went round its loop (it does at least once a second)",
             ConstGauge::new(now.scheduler_idle_seconds),
         );
+        register_endpoint_figures(&mut r, endpoints, omitted);
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String does not fail");
         out
     }
 }
+
+/// The per-endpoint families: one label, `endpoint_id`, on at most [`MAX_ENDPOINT_METRICS`] endpoints.
+fn register_endpoint_figures(r: &mut Registry, endpoints: &[EndpointFigures], omitted: usize) {
+    type Figures = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+    let (succeeded, failed, p50, p95) = (
+        Figures::default(),
+        Figures::default(),
+        Figures::default(),
+        Figures::default(),
+    );
+    for ep in endpoints.iter().take(MAX_ENDPOINT_METRICS) {
+        let label = vec![("endpoint_id".to_string(), ep.endpoint_id.clone())];
+        succeeded.get_or_create(&label).set(ep.succeeded as f64);
+        failed.get_or_create(&label).set(ep.failed as f64);
+        p50.get_or_create(&label).set(f64::from(ep.p50_ms) / 1000.0);
+        p95.get_or_create(&label).set(f64::from(ep.p95_ms) / 1000.0);
+    }
+    r.register(
+        "endpoint_attempts_succeeded_24h",
+        "Attempts per endpoint that succeeded in the last 24 hours",
+        succeeded,
+    );
+    r.register(
+        "endpoint_attempts_failed_24h",
+        "Attempts per endpoint that failed in the last 24 hours",
+        failed,
+    );
+    r.register(
+        "endpoint_latency_p50_seconds_24h",
+        "Median attempt latency per endpoint over the last 24 hours",
+        p50,
+    );
+    r.register(
+        "endpoint_latency_p95_seconds_24h",
+        "95th percentile attempt latency per endpoint over the last 24 hours",
+        p95,
+    );
+    r.register(
+        "endpoint_stats_omitted",
+        "Endpoints left out of the per-endpoint figures (past the cap of 200)",
+        ConstGauge::new((omitted + endpoints.len().saturating_sub(MAX_ENDPOINT_METRICS)) as i64),
+    );
+}
+
+impl Metrics {}
 
 /// Rewrites an OpenMetrics exposition in the Prometheus text format 0.0.4: a counter's `# HELP`
 /// and `# TYPE` name it with its `_total` suffix, as its samples are, and there is no `# EOF`.

@@ -1,5 +1,6 @@
 //! `/v1/dead-letters`: listing deliveries that gave up, redriving them, and deleting them.
 
+use super::access::Access;
 use super::{
     empty, json, now_ms, only_fields, opt_str, query_param, read_json_object, ApiError, ApiResult,
     AppState,
@@ -13,7 +14,7 @@ use serde_json::{json, Value};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub async fn list(state: &AppState, query: &str) -> ApiResult {
+pub async fn list(state: &AppState, access: &Access, query: &str) -> ApiResult {
     let limit = match query_param(query, "limit") {
         None => DEFAULT_LIMIT,
         Some(l) => l
@@ -29,7 +30,7 @@ pub async fn list(state: &AppState, query: &str) -> ApiResult {
         Some(c) => parse_numbered_id("dl_", &c)
             .ok_or_else(|| ApiError::invalid("`after` is not a cursor from a previous page"))?,
     };
-    let filter = filter_from_query(query);
+    let filter = filter_from_query(access, query);
     let mut page = state.store.dead_letters(after, limit + 1, &filter).await?;
     let next = if page.len() > limit {
         page.truncate(limit);
@@ -47,8 +48,8 @@ pub async fn list(state: &AppState, query: &str) -> ApiResult {
     ))
 }
 
-pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
-    let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
+pub async fn retry_one(state: &AppState, access: &Access, id: &str) -> ApiResult {
+    let seq = find(state, access, id).await?;
     let redriven = state.store.retry_dead_letters(vec![seq], now_ms()).await?;
     if let Some(refused) = redriven.refused.into_iter().next() {
         return Err(refused.into());
@@ -59,10 +60,12 @@ pub async fn retry_one(state: &AppState, id: &str) -> ApiResult {
     Ok(json(StatusCode::ACCEPTED, &json!({"requeued": 1})))
 }
 
-pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub async fn retry_many(state: &AppState, access: &Access, req: Request<Incoming>) -> ApiResult {
     let map = read_json_object(state, req).await?;
     only_fields(&map, &["endpoint_id", "event_type"])?;
+    // A partner token retries its own dead letters only: the scope is part of the store's query.
     let filter = DeadLetterFilter {
+        scope: access.scope_filter().cloned(),
         endpoint_num: match opt_str(&map, "endpoint_id")? {
             None => None,
             Some(id) => {
@@ -89,17 +92,30 @@ pub async fn retry_many(state: &AppState, req: Request<Incoming>) -> ApiResult {
     Ok(json(StatusCode::ACCEPTED, &json!({"requeued": requeued})))
 }
 
-pub async fn delete(state: &AppState, id: &str) -> ApiResult {
-    let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
+pub async fn delete(state: &AppState, access: &Access, id: &str) -> ApiResult {
+    let seq = find(state, access, id).await?;
     if !state.store.delete_dead_letter(seq).await? {
         return Err(ApiError::not_found("dead letter"));
     }
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-/// The filter of `GET /v1/dead-letters`' query.
-fn filter_from_query(query: &str) -> DeadLetterFilter {
+/// The number of the dead letter with this id, if this caller may see it (404 otherwise, as for
+/// an unknown id).
+async fn find(state: &AppState, access: &Access, id: &str) -> Result<u64, ApiError> {
+    let seq = parse_numbered_id("dl_", id).ok_or_else(|| ApiError::not_found("dead letter"))?;
+    state
+        .store
+        .dead_letter_in(seq, access.scope_filter())
+        .await?
+        .map(|dl| dl.seq)
+        .ok_or_else(|| ApiError::not_found("dead letter"))
+}
+
+/// The filter of `GET /v1/dead-letters`' query, within the caller's scope.
+fn filter_from_query(access: &Access, query: &str) -> DeadLetterFilter {
     DeadLetterFilter {
+        scope: access.scope_filter().cloned(),
         // An id that cannot exist matches nothing.
         endpoint_num: query_param(query, "endpoint_id")
             .map(|id| parse_numbered_id("ep_", &id).unwrap_or(u64::MAX)),

@@ -1,5 +1,6 @@
 //! `/v1/endpoints`: registering partner endpoints, changing them, their secrets, test events and recovery.
 
+use super::access::Access;
 use super::{
     empty, json, now_ms, only_fields, opt_str, query_param, read_json_object, ApiError, ApiResult,
     AppState,
@@ -50,13 +51,25 @@ const PATCHABLE: &[&str] = &[
     "enabled",
 ];
 
-pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub async fn create(state: &AppState, access: &Access, req: Request<Incoming>) -> ApiResult {
     let map = read_json_object(state, req).await?;
     let mut allowed = vec!["partner_id", "environment"];
     allowed.extend_from_slice(PATCHABLE);
     only_fields(&map, &allowed)?;
-    let partner_id = super::partner_id(&map)?;
-    let environment = super::environment(&map)?;
+    // A partner token's own partner (and environment, when it names one) are the defaults.
+    let scope = access.scope_filter();
+    let partner_id = match (opt_str(&map, "partner_id")?, scope) {
+        (None, Some(scope)) => scope.partner_id.clone(),
+        _ => super::partner_id(&map)?,
+    };
+    let environment = match (
+        opt_str(&map, "environment")?,
+        scope.and_then(|s| s.environment),
+    ) {
+        (None, Some(own)) => own,
+        _ => super::environment(&map)?,
+    };
+    access.require_may_own(&partner_id, environment)?;
     if !map.contains_key("url") {
         return Err(ApiError::invalid("`url` is required"));
     }
@@ -91,33 +104,40 @@ pub async fn create(state: &AppState, req: Request<Incoming>) -> ApiResult {
     Ok(json(StatusCode::CREATED, &view))
 }
 
-pub fn list(state: &AppState, query: &str) -> ApiResult {
+pub fn list(state: &AppState, access: &Access, query: &str) -> ApiResult {
     let partner = query_param(query, "partner_id");
     let endpoints: Vec<Value> = state
         .store
-        .endpoints()
+        .endpoints_in(access.scope_filter(), partner.as_deref())
         .iter()
         .filter(|e| !crate::notifications::is_operator(e))
-        .filter(|e| partner.as_ref().is_none_or(|p| &e.partner_id == p))
         .map(|e| view(e))
         .collect();
     Ok(json(StatusCode::OK, &json!({"endpoints": endpoints})))
 }
 
-pub fn get(state: &AppState, id: &str) -> ApiResult {
-    Ok(json(StatusCode::OK, &view(find(state, id)?.as_ref())))
+pub fn get(state: &AppState, access: &Access, id: &str) -> ApiResult {
+    Ok(json(
+        StatusCode::OK,
+        &view(find(state, access, id)?.as_ref()),
+    ))
 }
 
-pub fn secret(state: &AppState, id: &str) -> ApiResult {
-    let ep = find(state, id)?;
+pub fn secret(state: &AppState, access: &Access, id: &str) -> ApiResult {
+    let ep = find(state, access, id)?;
     Ok(json(
         StatusCode::OK,
         &json!({"secret": ep.secrets[0].secret}),
     ))
 }
 
-pub async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> ApiResult {
-    let current = find(state, id)?;
+pub async fn patch(
+    state: &AppState,
+    access: &Access,
+    id: &str,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let current = find(state, access, id)?;
     let map = read_json_object(state, req).await?;
     only_fields(&map, PATCHABLE)?;
     let mut changed = (*current).clone();
@@ -126,8 +146,8 @@ pub async fn patch(state: &AppState, id: &str, req: Request<Incoming>) -> ApiRes
     Ok(json(StatusCode::OK, &view(&updated)))
 }
 
-pub async fn delete(state: &AppState, id: &str) -> ApiResult {
-    let ep = find(state, id)?;
+pub async fn delete(state: &AppState, access: &Access, id: &str) -> ApiResult {
+    let ep = find(state, access, id)?;
     if !state.store.delete_endpoint(ep.num).await? {
         return Err(ApiError::not_found("endpoint"));
     }
@@ -136,8 +156,14 @@ pub async fn delete(state: &AppState, id: &str) -> ApiResult {
 }
 
 /// `POST /v1/endpoints/{id}/{action}`.
-pub async fn action(state: &AppState, id: &str, action: &str, req: Request<Incoming>) -> ApiResult {
-    let ep = find(state, id)?;
+pub async fn action(
+    state: &AppState,
+    access: &Access,
+    id: &str,
+    action: &str,
+    req: Request<Incoming>,
+) -> ApiResult {
+    let ep = find(state, access, id)?;
     match action {
         "rotate-secret" => rotate(state, &ep, req).await,
         "enable" | "disable" => {
@@ -183,10 +209,17 @@ pub fn view(ep: &Endpoint) -> Value {
     })
 }
 
-fn find(state: &AppState, id: &str) -> Result<std::sync::Arc<Endpoint>, ApiError> {
+/// The endpoint with this id, if this caller may see it: another partner's answers as an unknown
+/// id does (404).
+pub fn find(
+    state: &AppState,
+    access: &Access,
+    id: &str,
+) -> Result<std::sync::Arc<Endpoint>, ApiError> {
     parse_numbered_id("ep_", id)
         .and_then(|n| state.store.endpoint(n))
         .filter(|ep| !crate::notifications::is_operator(ep))
+        .filter(|ep| access.may_see(&ep.partner_id, ep.environment))
         .ok_or_else(|| ApiError::not_found("endpoint"))
 }
 

@@ -1,15 +1,19 @@
 //! The HTTP interface: connections, routing, the admin token, body limits, and the one place errors become responses.
 
+pub mod access;
 mod conn;
 mod console;
 mod dead_letters;
 mod endpoints;
 mod events;
 pub use events::time_seconds;
+pub use stats::MAX_WINDOW as MAX_STATS_WINDOW;
 #[cfg(test)]
 mod proptests;
+mod stats;
 mod status;
 pub mod strict_json;
+mod tokens;
 
 use crate::config::Config;
 use crate::delivery::SchedulerHandle;
@@ -311,41 +315,56 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
     if let (&Method::GET, ["console", rest @ ..]) = (&method, segments.as_slice()) {
         return console::serve(rest, req.headers());
     }
-    authorize(state, &req)?;
+    let access = access::authenticate(state, &req, now_ms()).await?;
     if !state.ready.load(Ordering::Relaxed) {
         return Err(shutting_down());
     }
+    // What the caller may do on this route is decided from the route alone, in `access`; what it
+    // may see of each item, by the handlers asking the same `Access`.
+    access.check_route(&method, &segments)?;
     let query = req.uri().query().unwrap_or("").to_string();
+    let access = &access;
     match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "events"]) => events::create(state, req).await,
         (&Method::POST, ["v1", "events", "batch"]) => events::create_batch(state, req).await,
-        (&Method::GET, ["v1", "events", id]) => events::get(state, id).await,
+        (&Method::GET, ["v1", "events"]) => events::list(state, access, &query).await,
+        (&Method::GET, ["v1", "events", id]) => events::get(state, access, id).await,
         (&Method::POST, ["v1", "events", id, "redeliver"]) => {
             let id = id.to_string();
-            events::redeliver(state, &id, req).await
+            events::redeliver(state, access, &id, req).await
         }
         (&Method::GET, ["v1", "event-types"]) => Ok(status::event_types()),
-        (&Method::POST, ["v1", "endpoints"]) => endpoints::create(state, req).await,
-        (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state, &query),
-        (&Method::GET, ["v1", "endpoints", id]) => endpoints::get(state, id),
+        (&Method::POST, ["v1", "endpoints"]) => endpoints::create(state, access, req).await,
+        (&Method::GET, ["v1", "endpoints"]) => endpoints::list(state, access, &query),
+        (&Method::GET, ["v1", "endpoints", id]) => endpoints::get(state, access, id),
         (&Method::PATCH, ["v1", "endpoints", id]) => {
             let id = id.to_string();
-            endpoints::patch(state, &id, req).await
+            endpoints::patch(state, access, &id, req).await
         }
-        (&Method::DELETE, ["v1", "endpoints", id]) => endpoints::delete(state, id).await,
-        (&Method::GET, ["v1", "endpoints", id, "secret"]) => endpoints::secret(state, id),
+        (&Method::DELETE, ["v1", "endpoints", id]) => endpoints::delete(state, access, id).await,
+        (&Method::GET, ["v1", "endpoints", id, "secret"]) => endpoints::secret(state, access, id),
+        (&Method::GET, ["v1", "endpoints", id, "stats"]) => {
+            let ep = endpoints::find(state, access, id)?;
+            stats::endpoint_stats(state, &ep, &query).await
+        }
         (&Method::POST, ["v1", "endpoints", id, action]) => {
             let (id, action) = (id.to_string(), action.to_string());
-            endpoints::action(state, &id, &action, req).await
+            endpoints::action(state, access, &id, &action, req).await
         }
-        (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, &query).await,
+        (&Method::GET, ["v1", "dead-letters"]) => dead_letters::list(state, access, &query).await,
         (&Method::POST, ["v1", "dead-letters", "retry"]) => {
-            dead_letters::retry_many(state, req).await
+            dead_letters::retry_many(state, access, req).await
         }
         (&Method::POST, ["v1", "dead-letters", id, "retry"]) => {
-            dead_letters::retry_one(state, id).await
+            dead_letters::retry_one(state, access, id).await
         }
-        (&Method::DELETE, ["v1", "dead-letters", id]) => dead_letters::delete(state, id).await,
+        (&Method::DELETE, ["v1", "dead-letters", id]) => {
+            dead_letters::delete(state, access, id).await
+        }
+        (&Method::POST, ["v1", "tokens"]) => tokens::create(state, req).await,
+        (&Method::GET, ["v1", "tokens"]) => tokens::list(state, &query).await,
+        (&Method::DELETE, ["v1", "tokens", id]) => tokens::revoke(state, id).await,
+        (&Method::GET, ["v1", "whoami"]) => tokens::whoami(access),
         (&Method::GET, ["status"]) => status::status(state).await,
         (&Method::GET, ["metrics"]) => status::metrics(state, req.headers()).await,
         _ => Err(ApiError::new(
@@ -354,37 +373,6 @@ async fn route(state: &AppState, req: Request<Incoming>) -> ApiResult {
             format!("no such path: {method} {path}"),
         )),
     }
-}
-
-fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
-    use subtle::ConstantTimeEq;
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        // Which one a proxy in front would have checked is anyone's guess: one reading or none.
-        return Err(ApiError::invalid(
-            "the authorization header is given more than once; send it once",
-        ));
-    }
-    // `Bearer <token>`, the scheme name in any case (RFC 9110 section 11.1).
-    let given = first
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim_start_matches(' '))
-        .unwrap_or("");
-    // Compare digests so neither the content nor the length of the token leaks through timing.
-    use sha2::{Digest, Sha256};
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(state.token.as_bytes());
-    if given.is_empty() || !bool::from(a.ct_eq(&b)) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid admin token is required: authorization: Bearer <token>",
-        ));
-    }
-    Ok(())
 }
 
 /// Reads the whole body, refusing more than `server.max_body_bytes` without reading past it.

@@ -183,13 +183,18 @@ pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> ApiResult {
     let now = now_ms();
     let counters = state.store.counters().await?;
     let oldest_ms = oldest_pending_age_ms(state, &counters, now).await?;
-    let text = state.metrics.render(&Snapshot {
-        counters,
-        in_flight: state.scheduler.in_flight_count(),
-        retrying_in_flight: state.scheduler.retrying_in_flight_count(),
-        oldest_pending_age_seconds: oldest_ms.unwrap_or(0) as f64 / 1000.0,
-        scheduler_idle_seconds: scheduler_idle_ms(state) as f64 / 1000.0,
-    });
+    let (figures, omitted) = endpoint_figures(state, now).await;
+    let text = state.metrics.render_with(
+        &Snapshot {
+            counters,
+            in_flight: state.scheduler.in_flight_count(),
+            retrying_in_flight: state.scheduler.retrying_in_flight_count(),
+            oldest_pending_age_seconds: oldest_ms.unwrap_or(0) as f64 / 1000.0,
+            scheduler_idle_seconds: scheduler_idle_ms(state) as f64 / 1000.0,
+        },
+        &figures,
+        omitted,
+    );
     let (content_type, text) = if wants_openmetrics(headers) {
         (OPENMETRICS_CONTENT_TYPE, text)
     } else {
@@ -203,6 +208,44 @@ pub async fn metrics(state: &AppState, headers: &http::HeaderMap) -> ApiResult {
         .header(header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(text)))
         .expect("valid response"))
+}
+
+/// The last 24 hours of the first [`telemetry::MAX_ENDPOINT_METRICS`] endpoints (by number), and how
+/// many endpoints were left out. A store that cannot be read leaves an endpoint out for this scrape.
+async fn endpoint_figures(state: &AppState, now: u64) -> (Vec<telemetry::EndpointFigures>, usize) {
+    use crate::stats::{hour_of, HourStats};
+    let endpoints: Vec<_> = state
+        .store
+        .endpoints()
+        .into_iter()
+        .filter(|e| !crate::notifications::is_operator(e))
+        .collect();
+    let last = hour_of(now);
+    let mut out = Vec::new();
+    for ep in endpoints.iter().take(telemetry::MAX_ENDPOINT_METRICS) {
+        let Ok(hours) = state
+            .store
+            .endpoint_stats(ep.num, last.saturating_sub(23), last)
+            .await
+        else {
+            continue;
+        };
+        let mut total = HourStats::default();
+        for (_, h) in &hours {
+            total.merge(h);
+        }
+        out.push(telemetry::EndpointFigures {
+            endpoint_id: ep.id(),
+            succeeded: total.succeeded,
+            failed: total.failed,
+            p50_ms: total.percentile_ms(0.5),
+            p95_ms: total.percentile_ms(0.95),
+        });
+    }
+    let omitted = endpoints
+        .len()
+        .saturating_sub(telemetry::MAX_ENDPOINT_METRICS);
+    (out, omitted)
 }
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -27,6 +27,7 @@
 //! scheduler drops that outcome. On sled claims live in memory, `fence` is 0 and settle never
 //! answers `Fenced`.
 
+mod partners;
 pub mod postgres;
 pub mod sled;
 
@@ -40,6 +41,7 @@ pub use self::sled::{check, compact, CheckReport, Compacted};
 use crate::config::Config;
 use crate::model::{
     Attempt, DeadLetter, DeadReason, Delivery, Endpoint, EndpointHealth, Environment, Event,
+    PartnerScope,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -295,10 +297,24 @@ pub struct Redriven {
 }
 
 /// Which dead letters a listing keeps; `None` keeps any.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadLetterFilter {
+    /// Only this partner's (and environment's, when set) dead letters: a partner token's scope.
+    /// A dead letter belongs to its endpoint's partner and environment (the section 7 gate made them
+    /// its event's too), or to its event's once the endpoint is gone.
+    pub scope: Option<PartnerScope>,
     pub endpoint_num: Option<u64>,
     /// The type of the dead letter's event.
+    pub event_type: Option<String>,
+}
+
+/// Which events [`Store::events_matching`] keeps; `None` keeps any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this partner's (and environment's, when set) events: a partner token's scope.
+    pub scope: Option<PartnerScope>,
+    /// Only events with a delivery (of any status) to this endpoint.
+    pub endpoint_num: Option<u64>,
     pub event_type: Option<String>,
 }
 

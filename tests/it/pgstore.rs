@@ -113,13 +113,16 @@ async fn schema_is_created_and_a_newer_one_is_refused() {
     store.close().await.unwrap();
     assert_eq!(
         pg.psql(&url, "SELECT max(version) FROM webhookd_schema"),
-        "1"
+        preflix_webhookd::store::postgres::schema::VERSION.to_string()
     );
     assert_eq!(pg.psql(&url, "SELECT count(*) FROM events"), "0");
     // Opening again applies nothing.
     let store = open(&url, "a").await;
     store.close().await.unwrap();
-    assert_eq!(pg.psql(&url, "SELECT count(*) FROM webhookd_schema"), "1");
+    assert_eq!(
+        pg.psql(&url, "SELECT count(*) FROM webhookd_schema"),
+        preflix_webhookd::store::postgres::schema::VERSION.to_string()
+    );
     pg.psql(&url, "INSERT INTO webhookd_schema (version) VALUES (99)");
     match PgStore::open(opts(&url, "a", Duration::from_secs(60))).await {
         Err(StoreError::SchemaTooNew(msg)) => {
@@ -152,7 +155,10 @@ async fn nodes_starting_together_migrate_once() {
             .await
             .unwrap();
     }
-    assert_eq!(pg.psql(&url, "SELECT count(*) FROM webhookd_schema"), "1");
+    assert_eq!(
+        pg.psql(&url, "SELECT count(*) FROM webhookd_schema"),
+        preflix_webhookd::store::postgres::schema::VERSION.to_string()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

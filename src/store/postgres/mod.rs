@@ -11,6 +11,7 @@
 //!   node heartbeat, and the leader session (`pg_try_advisory_lock`, lost with its connection).
 
 mod ops;
+mod partners;
 mod rows;
 pub mod schema;
 pub mod sql;
@@ -601,6 +602,9 @@ impl PgStore {
         limit: usize,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetter>, StoreError> {
+        if filter.scope.is_some() {
+            return self.dead_letters_scoped(after, limit, filter).await;
+        }
         let endpoint = filter.endpoint_num.map(rows::i);
         let event_type = filter.event_type.as_deref();
         self.timed(async {

@@ -740,6 +740,7 @@ impl PgStore {
             found.insert(d.seq, (d, rows::u(row.get(8)), row.get(9)));
         }
         let mut answers = Vec::with_capacity(jobs.len());
+        let mut stats = super::partners::StatsRows::default();
         let mut upd = SettleRows::default();
         let mut dead = DeadRows::default();
         let mut delta = Delta::default();
@@ -776,6 +777,12 @@ impl PgStore {
                 continue;
             };
             ep.touched = true;
+            stats.add(
+                d.endpoint_num,
+                s.attempt.at_ms,
+                s.outcome == SettleOutcome::Succeeded,
+                s.attempt.duration_ms,
+            );
             let now = s.attempt.at_ms;
             let health = &mut ep.health;
             health.last_status_code = s.attempt.status_code;
@@ -912,6 +919,7 @@ impl PgStore {
             )
             .await?;
         }
+        stats.apply(&tx).await?;
         delta.apply(&tx, &self.inner.node).await?;
         if !disabled.is_empty() {
             notify(&tx, sql::CHANNEL_ENDPOINTS).await?;

@@ -9,7 +9,10 @@ use super::sql;
 use crate::store::StoreError;
 
 /// The migrations, in order: migration `i` brings the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_partner_tokens.sql"),
+];
 
 /// The schema version this binary writes and reads.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

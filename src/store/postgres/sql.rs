@@ -236,3 +236,59 @@ pub const PURGE_EVENTS: &str = "DELETE FROM events WHERE seq IN (SELECT e.seq FR
 pub const PURGE_DEAD_LETTERS: &str =
     "DELETE FROM dead_letters WHERE seq IN (SELECT seq FROM dead_letters \
      WHERE dead_at_ms < $1 ORDER BY seq LIMIT $2)";
+
+// Partner tokens, scoped reads and endpoint stats (contract section 9).
+
+/// The columns [`super::partners`] reads a token from, in its order.
+pub const TOKEN_COLUMNS: &str = "num, hash, partner_id, environment, read_only, description, \
+     created_at_ms, expires_at_ms, revoked_at_ms";
+pub const TOKEN_INSERT: &str = "INSERT INTO partner_tokens (num, hash, partner_id, environment, \
+     read_only, description, created_at_ms, expires_at_ms, revoked_at_ms) \
+     VALUES (nextval('token_seq'), $1, $2, $3, $4, $5, $6, $7, NULL) RETURNING num";
+pub const TOKEN_BY_HASH: &str =
+    "SELECT num, hash, partner_id, environment, read_only, description, \
+     created_at_ms, expires_at_ms, revoked_at_ms FROM partner_tokens WHERE hash = $1";
+pub const TOKENS: &str = "SELECT num, hash, partner_id, environment, read_only, description, \
+     created_at_ms, expires_at_ms, revoked_at_ms FROM partner_tokens \
+     WHERE ($1::text IS NULL OR partner_id = $1) ORDER BY num";
+/// Revokes once: a token revoked before keeps its first time.
+pub const TOKEN_REVOKE: &str = "UPDATE partner_tokens \
+     SET revoked_at_ms = coalesce(revoked_at_ms, $2) WHERE num = $1 RETURNING num, hash, \
+     partner_id, environment, read_only, description, created_at_ms, expires_at_ms, revoked_at_ms";
+pub const TOKENS_PURGE: &str =
+    "DELETE FROM partner_tokens WHERE coalesce(revoked_at_ms, expires_at_ms) < $1";
+
+/// Events newest first before seq $1, within a partner ($2, $3: partner and environment, either
+/// null for any), with a delivery to endpoint $4 and of type $5 when given.
+pub const EVENTS_MATCHING: &str = "SELECT e.seq, e.id, e.partner_id, e.environment, e.event_type, \
+     e.created_at, e.received_at_ms, e.payload, e.content_hash FROM events e \
+     WHERE e.seq < $1 AND ($2::text IS NULL OR e.partner_id = $2) \
+     AND ($3::text IS NULL OR e.environment = $3) AND ($5::text IS NULL OR e.event_type = $5) \
+     AND ($4::bigint IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq \
+     AND d.endpoint_num = $4)) ORDER BY e.seq DESC LIMIT $6";
+/// Dead letters after seq $1 of endpoint $2 and event type $3 (null: any), within a partner ($4)
+/// and environment ($5): the endpoint's, or the event's once the endpoint is gone.
+pub const DEAD_LETTERS_SCOPED: &str =
+    "SELECT dl.seq, dl.delivery_seq, dl.event_seq, dl.endpoint_num, \
+     dl.attempts, dl.last_status_code, dl.last_error, dl.first_attempt_at_ms, dl.dead_at_ms, \
+     dl.reason FROM dead_letters dl LEFT JOIN events e ON e.seq = dl.event_seq \
+     LEFT JOIN endpoints ep ON ep.num = dl.endpoint_num WHERE dl.seq > $1 \
+     AND ($2::bigint IS NULL OR dl.endpoint_num = $2) AND ($3::text IS NULL OR e.event_type = $3) \
+     AND ($4::text IS NULL OR coalesce(ep.partner_id, e.partner_id) = $4) \
+     AND ($5::text IS NULL OR coalesce(ep.environment, e.environment) = $5) \
+     ORDER BY dl.seq LIMIT $6";
+
+/// Adds a settle group's attempts to their endpoints' hours ($5: the latency counts as
+/// comma-separated text, added element by element).
+pub const STATS_ADD: &str = "INSERT INTO endpoint_stats AS s (endpoint_num, hour, succeeded, \
+     failed, latency) SELECT n, h, ok, bad, string_to_array(lat, ',')::bigint[] \
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[]) \
+     AS u(n, h, ok, bad, lat) ORDER BY n, h \
+     ON CONFLICT (endpoint_num, hour) DO UPDATE SET succeeded = s.succeeded + excluded.succeeded, \
+     failed = s.failed + excluded.failed, latency = (SELECT array_agg(coalesce(a, 0) + \
+     coalesce(b, 0) ORDER BY i) FROM unnest(s.latency, excluded.latency) WITH ORDINALITY \
+     AS x(a, b, i))";
+pub const STATS_OF_ENDPOINT: &str = "SELECT hour, succeeded, failed, latency FROM endpoint_stats \
+     WHERE endpoint_num = $1 AND hour BETWEEN $2 AND $3 ORDER BY hour";
+pub const STATS_PURGE: &str = "DELETE FROM endpoint_stats s WHERE s.hour < $1 \
+     OR NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.num = s.endpoint_num)";

@@ -36,7 +36,10 @@ mod migrate;
 mod notices;
 mod oldest;
 mod ops;
+mod scoped;
 pub mod sealing;
+mod stats;
+mod tokens;
 pub mod watermark;
 mod writer;
 
@@ -50,8 +53,8 @@ pub use sealing::{MasterKey, MasterKeys};
 pub use writer::{Tx, TxResult};
 
 pub(crate) use crate::store::{
-    Counters, DeadLetterFilter, DeliveryKey, DeliveryRefused, IngestOutcome, NewEvent, NoticeRound,
-    OpenOptions, Redriven, SettleOutcome, Settlement, StoreError, OPERATOR_PARTNER,
+    Counters, DeliveryKey, DeliveryRefused, IngestOutcome, NewEvent, NoticeRound, OpenOptions,
+    Redriven, SettleOutcome, Settlement, StoreError, OPERATOR_PARTNER,
 };
 
 use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, EventIdRecord};
@@ -841,28 +844,6 @@ impl SledStore {
             }
         }
         Ok(out)
-    }
-
-    /// Dead letters after seq `after`, oldest first, that `filter` keeps, up to `limit`.
-    pub fn dead_letters_matching(
-        &self,
-        after: u64,
-        limit: usize,
-        filter: &DeadLetterFilter,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.dead_letters(after, limit, |dl| {
-            if filter.endpoint_num.is_some_and(|e| e != dl.endpoint_num) {
-                return false;
-            }
-            match &filter.event_type {
-                None => true,
-                Some(t) => self
-                    .event(dl.event_seq)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|ev| &ev.event_type == t),
-            }
-        })
     }
 
     /// Up to `limit` entries of an endpoint's queue in queue order, with a sort position at or below `max_sort`.

@@ -522,6 +522,12 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
     dequeue(tx, &d)?;
     let was_retrying = d.attempts_in_round() > 0;
     d.attempts.push(s.attempt.clone());
+    super::stats::count_attempt(
+        tx,
+        ep.num,
+        &s.attempt,
+        s.outcome == SettleOutcome::Succeeded,
+    )?;
     let now = s.attempt.at_ms;
     let mut health: EndpointHealth = tx
         .get(TreeId::Health, &u64_key(ep.num))?
