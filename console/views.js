@@ -454,15 +454,28 @@ export async function tokensView(place, ctx) {
       k.partner_id,
       k.environment || "both",
       k.read_only ? "read-only" : "manage",
+      badge(k.status || "active", k.status === "active" || !k.status ? "healthy" : "disabled"),
       time(k.expires_at),
       k.description || "",
-      confirmButton("Revoke", "Really revoke?", async () => {
-        await del(`/v1/tokens/${enc(k.id)}`);
-        flash(`Token ${k.id} revoked.`);
-        await load();
-      }),
+      !k.status || k.status === "active"
+        ? confirmButton(
+            "Revoke",
+            "Really revoke?",
+            async () => {
+              try {
+                await del(`/v1/tokens/${enc(k.id)}`);
+                flash(`Token ${k.id} revoked: its next request is refused.`);
+              } catch (e) {
+                flash(errorText(e), "error");
+              }
+              await load();
+            },
+            { class: "revoke", "data-id": k.id, "aria-label": `Revoke ${k.id}` }
+          )
+        : "",
     ]);
-    if (ctx.live) fill(list, table("Partner tokens", ["Id", "Partner", "Environment", "Access", "Expires", "Description", ""], rows, "No partner tokens."));
+    if (ctx.live)
+      fill(list, table("Partner tokens", ["Id", "Partner", "Environment", "Access", "Status", "Expires", "Description", "Actions"], rows, "No partner tokens."));
   };
   const form = h(
     "form",
