@@ -719,3 +719,240 @@ async fn the_policy_refuses_inline_script_and_the_harness_sees_errors() {
     })
     .await;
 }
+
+/// A partner token minted on the console's Tokens page sees that partner's endpoints, events and
+/// dead letters only; another partner's ids are not found; a read-only token is offered no action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_token_sees_only_its_own_partner() {
+    let receiver = TestReceiver::start().await;
+    let failing = TestReceiver::start().await;
+    failing.set_default(Answer::status(500));
+    let d = TestDaemon::start().await;
+    let mine = endpoint(&d, "acme-health", &receiver, "/acme").await;
+    let mine_down = endpoint(&d, "acme-health", &failing, "/acme-down").await;
+    let theirs = endpoint(&d, "beta-clinic", &receiver, "/beta-secret-path").await;
+    let theirs_down = endpoint(&d, "beta-clinic", &failing, "/beta-down").await;
+    event(&d, "acme-health", "evt_acme_1").await;
+    event(&d, "beta-clinic", "evt_beta_1").await;
+    wait_api(&d, "/v1/dead-letters", |b| {
+        b["dead_letters"].as_array().is_some_and(|l| l.len() == 2)
+    })
+    .await;
+    let c = Console::start(d).await;
+    let admin = c.daemon.token.clone();
+
+    // The admin mints it in the console; it is shown once.
+    c.login(&admin).await;
+    c.show("#/tokens", "document.getElementById('mint')").await;
+    c.page.fill("#mint-partner", "acme-health").await;
+    c.page.fill("#mint-description", "acme ops").await;
+    c.page.click("#mint").await;
+    c.page
+        .wait_for(
+            "document.getElementById('minted-token')",
+            Duration::from_secs(30),
+        )
+        .await;
+    let token = c
+        .page
+        .eval("document.getElementById('minted-token').textContent")
+        .await;
+    let token = token.as_str().unwrap().to_string();
+    assert!(token.starts_with("pft_"), "{token}");
+    c.page.wait_for_text("acme ops").await;
+    c.screenshot("tokens-minted").await;
+    c.page.click("#logout").await;
+
+    c.login(&token).await;
+    c.page.wait_for_text(&mine).await;
+    c.page.wait_for_text(&mine_down).await;
+    c.page.wait_for_text("evt_acme_1").await;
+    c.page.wait_for_text("partner token · acme-health").await;
+    let text = c.page.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    for other in [
+        theirs.as_str(),
+        theirs_down.as_str(),
+        "beta-clinic",
+        "beta-secret-path",
+        "evt_beta_1",
+    ] {
+        assert!(!text.contains(other), "the partner sees {other}:\n{text}");
+    }
+    assert_eq!(
+        c.page
+            .eval("document.getElementById('nav-tokens').hidden")
+            .await,
+        json!(true)
+    );
+    c.screenshot("partner-overview").await;
+
+    // Another partner's endpoint and event are not found; its dead letters are not listed.
+    c.show(
+        &format!("#/endpoints/{theirs}"),
+        "document.body.innerText.includes('Endpoint not found')",
+    )
+    .await;
+    c.show(
+        "#/events/evt_beta_1",
+        "document.body.innerText.includes('Event not found')",
+    )
+    .await;
+    c.show(
+        "#/dead-letters",
+        "document.querySelectorAll('button.retry').length === 1",
+    )
+    .await;
+    let text = c
+        .page
+        .eval("document.getElementById('dead-letters').innerText")
+        .await;
+    assert!(text.as_str().unwrap().contains(&mine_down), "{text}");
+    assert!(!text.as_str().unwrap().contains(&theirs_down), "{text}");
+    c.show(
+        &format!("#/endpoints/{mine}"),
+        "document.getElementById('rotate')",
+    )
+    .await;
+    c.assert_no_errors();
+
+    // A read-only token: the same view, no action offered.
+    let (status, minted) = c
+        .daemon
+        .client()
+        .post("/v1/tokens", json!({"partner_id": "acme-health", "environment": "production", "ttl": "1d", "read_only": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{minted}");
+    c.page.click("#logout").await;
+    c.login(minted["token"].as_str().unwrap()).await;
+    c.page.wait_for_text("read-only").await;
+    c.show(
+        &format!("#/endpoints/{mine}"),
+        "document.body.innerText.includes('This token is read-only')",
+    )
+    .await;
+    assert_eq!(
+        c.page
+            .eval("document.querySelectorAll('#rotate, #disable, #send-sample').length")
+            .await,
+        json!(0)
+    );
+    c.show(
+        "#/dead-letters",
+        "document.getElementById('dead-letters').innerText.includes('dl_')",
+    )
+    .await;
+    assert_eq!(
+        c.page
+            .eval("document.querySelectorAll('button.retry, button.delete, #retry-all').length")
+            .await,
+        json!(0)
+    );
+    c.show(
+        "#/events/evt_acme_1",
+        "document.querySelector('section.delivery')",
+    )
+    .await;
+    assert_eq!(
+        c.page
+            .eval("document.querySelectorAll('#redeliver').length")
+            .await,
+        json!(0)
+    );
+    c.screenshot("partner-read-only").await;
+
+    // Revoked: the next request sends the tab back to login.
+    let id = minted["id"].as_str().unwrap();
+    let (status, _) = c.daemon.client().delete(&format!("/v1/tokens/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    c.show(
+        "#/overview",
+        "document.body.innerText.includes('no longer accepts this token')",
+    )
+    .await;
+
+    // The admin revokes the first one from the Tokens page; the list says so.
+    c.login(&admin).await;
+    c.show("#/tokens", "document.querySelector('button.revoke')")
+        .await;
+    c.page.click("button.revoke").await;
+    c.page.click("button.revoke").await;
+    c.page
+        .wait_for(
+            "document.querySelectorAll('button.revoke').length === 0",
+            Duration::from_secs(30),
+        )
+        .await;
+    let (_, listed) = c.daemon.client().get("/v1/tokens").await;
+    assert!(
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "revoked"),
+        "{listed}"
+    );
+    c.screenshot("tokens-revoked").await;
+    c.assert_no_errors();
+}
+
+/// The endpoint's charts are drawn from the stats route: failed and succeeded attempts of this hour
+/// in the rate chart, the success rate, and the latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_view_charts_the_last_24_hours() {
+    let receiver = TestReceiver::start().await;
+    receiver.script([Answer::status(500)]);
+    let d = TestDaemon::start().await;
+    let ep = endpoint(&d, "acme-health", &receiver, "/hooks").await;
+    for n in 0..3 {
+        event(&d, "acme-health", &format!("evt_chart_{n}")).await;
+    }
+    receiver.wait_for(4, Duration::from_secs(30)).await;
+    let stats = wait_api(&d, &format!("/v1/endpoints/{ep}/stats"), |s| {
+        s["buckets"].as_array().is_some_and(|b| {
+            b.iter()
+                .map(|x| x["succeeded"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 3
+        })
+    })
+    .await;
+    assert_eq!(stats["buckets"].as_array().unwrap().len(), 24, "{stats}");
+    let c = Console::start(d).await;
+    let token = c.daemon.token.clone();
+    c.login(&token).await;
+    c.show(
+        &format!("#/endpoints/{ep}"),
+        "document.querySelectorAll('#ep-stats svg.chart').length === 3",
+    )
+    .await;
+    c.page
+        .wait_for_text("4 attempts · success rate 75.0%")
+        .await;
+    // This hour: one bar of successes and one of failures stacked, a 75% bar, latency points.
+    for (selector, n) in [
+        ("#ep-stats svg.chart:nth-of-type(1) rect.bar.ok", 1),
+        ("#ep-stats figure:nth-child(1) rect.bar.bad", 1),
+        ("#ep-stats figure:nth-child(2) rect.bar", 1),
+    ] {
+        let _ = n;
+        let count = c
+            .page
+            .eval(&format!(
+                "document.querySelectorAll({}).length",
+                serde_json::to_string(selector).unwrap()
+            ))
+            .await;
+        assert!(count.as_u64().unwrap() >= 1, "{selector}: {count}");
+    }
+    assert_eq!(
+        c.page
+            .eval("document.querySelectorAll('#ep-stats figure:nth-child(3) circle.dot, #ep-stats figure:nth-child(3) polyline').length")
+            .await,
+        json!(2)
+    );
+    // Recent deliveries: the three events, each delivered.
+    c.page.wait_for_text("evt_chart_2").await;
+    c.screenshot("endpoint-charts").await;
+    c.assert_no_errors();
+}
