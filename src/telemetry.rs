@@ -281,6 +281,42 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Per-endpoint figures carry the endpoint id as their only label, and stop at the cap.
+    #[test]
+    fn endpoint_figures_are_capped() {
+        let m = Metrics::default();
+        let figures: Vec<EndpointFigures> = (0..MAX_ENDPOINT_METRICS + 50)
+            .map(|i| EndpointFigures {
+                endpoint_id: format!("ep_{i:016x}"),
+                succeeded: 3,
+                failed: 1,
+                p50_ms: 40,
+                p95_ms: 250,
+            })
+            .collect();
+        let snapshot = Snapshot {
+            counters: Counters::default(),
+            in_flight: 0,
+            retrying_in_flight: 0,
+            oldest_pending_age_seconds: 0.0,
+            scheduler_idle_seconds: 0.0,
+        };
+        let text = to_prometheus_text(&m.render_with(&snapshot, &figures, 7));
+        let shown = text
+            .lines()
+            .filter(|l| l.starts_with("preflix_webhookd_endpoint_attempts_succeeded_24h{"))
+            .count();
+        assert_eq!(shown, MAX_ENDPOINT_METRICS);
+        assert!(text.contains(
+            "preflix_webhookd_endpoint_latency_p95_seconds_24h{endpoint_id=\"ep_0000000000000000\"} 0.25\n"
+        ), "{text}");
+        assert!(
+            text.contains("preflix_webhookd_endpoint_stats_omitted 57\n"),
+            "{text}"
+        );
+        assert!(!text.contains(&format!("ep_{:016x}", MAX_ENDPOINT_METRICS)));
+    }
+
     /// Every family in both formats, with the two ages; counters named as the classic format wants.
     #[test]
     fn both_formats() {

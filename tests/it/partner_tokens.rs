@@ -767,7 +767,7 @@ async fn an_environment_token_sees_one_environment() {
 }
 
 /// A minted token is on stable storage when the 201 comes, and so is a revocation when the 204
-/// does: both hold after SIGKILL and a restart of the real binary.
+/// does: both hold after SIGKILL and a restart of the real binary. No store file holds a token.
 #[tokio::test]
 async fn tokens_and_revocations_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -778,6 +778,24 @@ async fn tokens_and_revocations_survive_sigkill() {
     let (status, _) = admin.delete(&format!("/v1/tokens/{}", id(&revoked))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     daemon.kill9();
+    // Stored as a hash only: no file of the store holds a token, in text or in bytes.
+    for t in [&kept, &revoked] {
+        let text = token_of(t);
+        let hex = text.trim_start_matches("pft_");
+        let bytes: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        for file in walk(&dir.path().join("db")) {
+            let content = std::fs::read(&file).unwrap();
+            for needle in [text.as_bytes(), hex.as_bytes(), &bytes[..]] {
+                assert!(
+                    !content.windows(needle.len()).any(|w| w == needle),
+                    "{} holds a token",
+                    file.display()
+                );
+            }
+        }
+    }
     daemon.restart().await;
     let admin = daemon.client.clone();
     let (status, me) = admin.with_token(&token_of(&kept)).get("/v1/whoami").await;
@@ -841,4 +859,18 @@ async fn a_refusal_is_logged_with_the_token_id_and_never_the_token() {
     }
     assert!(!log.contains(&malformed), "{log}");
     assert!(!log.contains(&admin.token), "the log holds the admin token");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
