@@ -625,26 +625,46 @@ pub fn load_admin_token(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<AdminToken, ConfigError> {
-    if let Some(path) = &config.server.token_file {
-        return read_token(path, "server.token_file")?.ok_or_else(|| ConfigError::TokenInvalid {
-            key: "server.token_file",
-            path: path.clone(),
-            reason: "does not exist",
-        });
-    }
-    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
-        if let Some(token) = read_token(
-            &Path::new(&dir).join(CREDENTIAL_NAME),
-            "$CREDENTIALS_DIRECTORY",
-        )? {
-            return Ok(token);
-        }
+    if let Some(token) = given_admin_token(config, env)? {
+        return Ok(token);
     }
     let path = config.storage.dir.join(TOKEN_FILE_NAME);
     match read_token(&path, "storage.dir")? {
         Some(token) => Ok(token),
         None => generate_token(&config.storage.dir, &path),
     }
+}
+
+/// The admin token the operator gave: `server.token_file` (it must exist), else
+/// `$CREDENTIALS_DIRECTORY/admin_token` if that file exists; `None` when neither (the PostgreSQL
+/// backend then keeps one generated in the database, the same for every node).
+pub fn given_admin_token(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<AdminToken>, ConfigError> {
+    if let Some(path) = &config.server.token_file {
+        return read_token(path, "server.token_file")?
+            .map(Some)
+            .ok_or_else(|| ConfigError::TokenInvalid {
+                key: "server.token_file",
+                path: path.clone(),
+                reason: "does not exist",
+            });
+    }
+    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
+        return read_token(
+            &Path::new(&dir).join(CREDENTIAL_NAME),
+            "$CREDENTIALS_DIRECTORY",
+        );
+    }
+    Ok(None)
+}
+
+/// A new admin token: 32 random bytes as 64 lowercase hex digits.
+pub fn new_admin_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// [`load_admin_token`] with the process environment.
@@ -1626,9 +1646,7 @@ fn read_token(path: &Path, key: &'static str) -> Result<Option<AdminToken>, Conf
 /// hard-linked to `path`; the link fails if another process created `path` first, whose token
 /// is then used.
 fn generate_token(dir: &Path, path: &Path) -> Result<AdminToken, ConfigError> {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let token = new_admin_token();
     let write_error = |io| ConfigError::TokenWrite {
         path: path.to_path_buf(),
         io,
@@ -1689,7 +1707,8 @@ fn warn_if_shared(path: &Path, what: &str) {
 
 mod secret;
 pub use secret::{
-    load_notification_secret, load_notification_secret_from_process_env, NotificationSecret,
+    given_notification_secret, load_notification_secret, load_notification_secret_from_process_env,
+    new_notification_secret, NotificationSecret,
 };
 
 #[cfg(test)]

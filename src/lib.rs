@@ -112,31 +112,31 @@ async fn start_and_run(
 ) -> Result<(), RunError> {
     // Read first: everything below depends on the backend (where a token is generated, which
     // store is opened).
-    if config::load_postgres_url(&config, &config::process_env)?.is_some() {
-        return Err(config::ConfigError::Unsupported {
-            key: "storage.backend",
-            value: "\"postgres\"",
-            reason: "the postgres backend is not built yet",
+    let pg_url = config::load_postgres_url(&config, &config::process_env)?;
+    // On PostgreSQL a token not given by file is the one in the database (read once it is open).
+    let given_token = match pg_url {
+        None => Some(config::load_admin_token_from_process_env(&config)?),
+        Some(_) => config::given_admin_token(&config, &config::process_env)?,
+    };
+    if let Some(token) = &given_token {
+        if token.generated {
+            tracing::info!(path = %token.source.display(), "generated an admin token");
+        } else {
+            tracing::info!(path = %token.source.display(), "admin token loaded");
         }
-        .into());
-    }
-    let token = config::load_admin_token_from_process_env(&config)?;
-    if token.generated {
-        tracing::info!(path = %token.source.display(), "generated an admin token");
-    } else {
-        tracing::info!(path = %token.source.display(), "admin token loaded");
     }
     let keys = config::load_master_keys(&config, &config::process_env)?;
     // Only when notifications are on: no secret file is made for a daemon that sends none.
-    let notification_secret = match config.notifications.url {
-        Some(_) => {
+    let given_secret = match (&config.notifications.url, &pg_url) {
+        (None, _) => None,
+        (Some(_), None) => {
             let secret = config::load_notification_secret_from_process_env(&config)?;
             if secret.generated {
                 tracing::info!(path = %secret.source.display(), "generated a notification secret");
             }
             Some(secret)
         }
-        None => None,
+        (Some(_), Some(_)) => config::given_notification_secret(&config, &config::process_env)?,
     };
     // Checked here for exit code 64; the outbound client reads it again when it is built.
     config::load_extra_roots(&config.delivery)?;
@@ -144,12 +144,58 @@ async fn start_and_run(
         tracing::info!(path = %key.source().display(), "endpoint secrets are stored encrypted");
     }
     let config = Arc::new(config);
-    let store = store::Store::open(&config, keys, open)
-        .await
-        .map_err(|source| RunError::Store {
-            dir: config.storage.dir.clone(),
-            source,
-        })?;
+    let opened = match pg_url {
+        Some(url) => {
+            let pg = &config.storage.postgres;
+            let node_name = pg
+                .node_name
+                .clone()
+                .unwrap_or_else(|| default_node_name(addr));
+            store::Store::open_postgres(store::postgres::PgOptions {
+                url,
+                pool_size: pg.pool_size,
+                lease: pg.lease,
+                node_name,
+                keys,
+            })
+            .await
+        }
+        None => store::Store::open(&config, keys, open).await,
+    };
+    let store_error = |source| RunError::Store {
+        dir: config.storage.dir.clone(),
+        source,
+    };
+    let store = opened.map_err(store_error)?;
+    let token = match given_token {
+        Some(token) => token,
+        None => {
+            let token = store
+                .shared_setting("admin_token", config::new_admin_token)
+                .await
+                .map_err(store_error)?
+                .expect("a store without shared settings has a token from config");
+            tracing::info!("admin token loaded from the PostgreSQL database (table settings)");
+            config::AdminToken {
+                token,
+                source: "PostgreSQL table settings".into(),
+                generated: false,
+            }
+        }
+    };
+    let notification_secret = match (given_secret, &config.notifications.url) {
+        (Some(secret), _) => Some(secret),
+        (None, None) => None,
+        (None, Some(_)) => store
+            .shared_setting("notifications_secret", config::new_notification_secret)
+            .await
+            .map_err(store_error)?
+            .map(|secret| config::NotificationSecret {
+                secret,
+                source: "PostgreSQL table settings".into(),
+                generated: false,
+            }),
+    };
     if let Some(mark) = store.damage_mark() {
         tracing::error!(
             dir = %config.storage.dir.display(),
@@ -220,6 +266,16 @@ async fn start_and_run(
     let _ = housekeeping.await;
     let _ = watchdog.await;
     Ok(())
+}
+
+/// A node's name when `storage.postgres.node_name` is not set: `<hostname>:<listen port>`.
+fn default_node_name(addr: Option<std::net::SocketAddr>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}", addr.map_or(0, |a| a.port()))
 }
 
 /// Tells systemd's watchdog the daemon is alive, but only while the scheduler keeps going round.

@@ -86,16 +86,20 @@ pub fn event_types() -> Response<Body> {
 
 pub async fn status(state: &AppState) -> ApiResult {
     let c = state.store.counters().await?;
-    let in_flight = state.scheduler.in_flight_count();
+    let now = now_ms();
+    // On PostgreSQL the figures are the cluster's: attempts under way are unexpired leases.
+    let (in_flight, retrying_in_flight) = match state.store.cluster_in_flight(now).await? {
+        Some((all, retries)) => (all, retries),
+        None => (
+            state.scheduler.in_flight_count() as u64,
+            state.scheduler.retrying_in_flight_count() as u64,
+        ),
+    };
     // `pending` is what waits for an attempt; `retrying` the part of it that failed before. Both
     // leave out the attempts under way (the counters include them). The figures are read at
     // slightly different moments, so the subset is enforced as well.
-    let pending = c.pending.saturating_sub(in_flight as u64);
-    let retrying = c
-        .retrying
-        .saturating_sub(state.scheduler.retrying_in_flight_count() as u64)
-        .min(pending);
-    let now = now_ms();
+    let pending = c.pending.saturating_sub(in_flight);
+    let retrying = c.retrying.saturating_sub(retrying_in_flight).min(pending);
     let mut endpoints = Vec::new();
     for ep in state.store.endpoints() {
         if crate::notifications::is_operator(&ep) {
@@ -141,9 +145,13 @@ pub async fn status(state: &AppState) -> ApiResult {
     let oldest = oldest_pending_age_ms(state, &c, now)
         .await?
         .map(|ms| ms / 1000);
-    Ok(json(
-        StatusCode::OK,
-        &json!({
+    let nodes = state.store.nodes().await?.map(|nodes| {
+        nodes
+            .iter()
+            .map(|n| json!({"name": n.name, "last_seen": format_time(n.last_seen_ms), "in_flight": n.in_flight}))
+            .collect::<Vec<Value>>()
+    });
+    let mut body = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": state.started.elapsed().as_secs(),
             "backend": state.store.backend_name(),
@@ -161,8 +169,11 @@ pub async fn status(state: &AppState) -> ApiResult {
                 "attempts_failed": c.attempts_failed,
             },
             "endpoints": endpoints,
-        }),
-    ))
+    });
+    if let Some(nodes) = nodes {
+        body["nodes"] = json!(nodes);
+    }
+    Ok(json(StatusCode::OK, &body))
 }
 
 /// `storage` in `/status`; `damaged` appears once a damaged store was started with

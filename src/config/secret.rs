@@ -39,24 +39,42 @@ pub fn load_notification_secret(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<NotificationSecret, ConfigError> {
-    if let Some(path) = &config.notifications.secret_file {
-        return read(path, "notifications.secret_file")?.ok_or(ConfigError::TokenInvalid {
-            key: "notifications.secret_file",
-            path: path.clone(),
-            reason: "does not exist",
-        });
-    }
-    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
-        let path = Path::new(&dir).join(CREDENTIAL_NAME);
-        if let Some(secret) = read(&path, "$CREDENTIALS_DIRECTORY")? {
-            return Ok(secret);
-        }
+    if let Some(secret) = given_notification_secret(config, env)? {
+        return Ok(secret);
     }
     let path = config.storage.dir.join(FILE_NAME);
     match read(&path, "storage.dir")? {
         Some(secret) => Ok(secret),
         None => generate(&config.storage.dir, &path),
     }
+}
+
+/// The notification secret the operator gave: `notifications.secret_file` (it must exist), else
+/// `$CREDENTIALS_DIRECTORY/notifications_secret` if that file exists; `None` when neither (the
+/// PostgreSQL backend then keeps one generated in the database, the same for every node).
+pub fn given_notification_secret(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<NotificationSecret>, ConfigError> {
+    if let Some(path) = &config.notifications.secret_file {
+        return read(path, "notifications.secret_file")?.map(Some).ok_or(
+            ConfigError::TokenInvalid {
+                key: "notifications.secret_file",
+                path: path.clone(),
+                reason: "does not exist",
+            },
+        );
+    }
+    if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|dir| !dir.is_empty()) {
+        let path = Path::new(&dir).join(CREDENTIAL_NAME);
+        return read(&path, "$CREDENTIALS_DIRECTORY");
+    }
+    Ok(None)
+}
+
+/// A new notification secret (`whsec_` + base64 of 32 random bytes).
+pub fn new_notification_secret() -> String {
+    Secret::generate().as_str().to_owned()
 }
 
 /// [`load_notification_secret`] with the process environment.

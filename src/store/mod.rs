@@ -333,6 +333,16 @@ pub struct NoticeRound {
     pub stalled_after_ms: u64,
 }
 
+/// A node of a PostgreSQL cluster, as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Its last heartbeat (every 2 s while it runs).
+    pub last_seen_ms: u64,
+    /// Attempts it had under way at that heartbeat.
+    pub in_flight: u64,
+}
+
 /// Handle to the open store, whichever backend; cheap to clone.
 #[derive(Clone)]
 pub enum Store {
@@ -354,6 +364,42 @@ impl Store {
         .await
         .map_err(|e| StoreError::Corrupt(format!("opening it failed: {e}")))?
         .map(Store::Sled)
+    }
+
+    /// Opens the PostgreSQL backend: connects, migrates the schema (or refuses a newer one),
+    /// loads the endpoints and starts its background tasks.
+    pub async fn open_postgres(options: postgres::PgOptions) -> Result<Store, StoreError> {
+        postgres::PgStore::open(options).await.map(Store::Postgres)
+    }
+
+    /// A value every node of a cluster shares (the admin token, the notification secret): the one
+    /// in the database, made by `generate` by the first node that asks. `None` on sled.
+    pub async fn shared_setting(
+        &self,
+        name: &str,
+        generate: impl FnOnce() -> String,
+    ) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(None),
+            Store::Postgres(s) => s.shared_setting(name, generate).await.map(Some),
+        }
+    }
+
+    /// The nodes sharing the database, for `/status`; `None` on sled.
+    pub async fn nodes(&self) -> Result<Option<Vec<NodeInfo>>, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(None),
+            Store::Postgres(s) => s.nodes().await.map(Some),
+        }
+    }
+
+    /// Attempts under way in the whole cluster and how many of them are retries; `None` on sled,
+    /// where the scheduler's own counts are the store's.
+    pub async fn cluster_in_flight(&self, now_ms: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(None),
+            Store::Postgres(s) => s.in_flight_split(now_ms).await.map(Some),
+        }
     }
 
     /// `"sled"` or `"postgres"`, for `/status`.

@@ -27,6 +27,14 @@ pub struct TestDaemon {
     pub config: Config,
     trigger: Option<Trigger>,
     task: Option<tokio::task::JoinHandle<Result<(), preflix_webhookd::RunError>>>,
+    /// On PostgreSQL: the cluster (kept running while the daemon is) and the database's URL.
+    pub pg: Option<(Arc<pg::PgCluster>, String)>,
+}
+
+/// The one switch of the integration suite's backend: `WEBHOOKD_TEST_BACKEND=postgres` runs every
+/// `TestDaemon` on a throwaway PostgreSQL cluster of its own instead of sled.
+pub fn test_backend_is_postgres() -> bool {
+    std::env::var("WEBHOOKD_TEST_BACKEND").is_ok_and(|v| v == "postgres")
 }
 
 /// A config for tests: temp store, private networks allowed (receivers are on loopback), fast retries.
@@ -47,8 +55,14 @@ impl TestDaemon {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts with the test config changed by `change`.
+    /// Starts with the test config changed by `change` (on PostgreSQL when the suite's switch,
+    /// [`test_backend_is_postgres`], says so).
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestDaemon {
+        if test_backend_is_postgres() {
+            let cluster = Arc::new(pg::PgCluster::start());
+            let url = cluster.create_db();
+            return Self::start_on_postgres(cluster, url, change).await;
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         change(&mut config);
@@ -59,6 +73,32 @@ impl TestDaemon {
             config,
             trigger: None,
             task: None,
+            pg: None,
+        };
+        d.launch().await;
+        d
+    }
+
+    /// Starts a node on the PostgreSQL database `url` of `cluster` (several may share one): its
+    /// admin token is the one the database keeps for every node.
+    pub async fn start_on_postgres(
+        cluster: Arc<pg::PgCluster>,
+        url: String,
+        change: impl FnOnce(&mut Config),
+    ) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        config.storage.backend = preflix_webhookd::config::StorageBackend::Postgres;
+        config.storage.postgres.url = Some(url.clone());
+        change(&mut config);
+        let mut d = TestDaemon {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: String::new(),
+            dir,
+            config,
+            trigger: None,
+            task: None,
+            pg: Some((cluster, url)),
         };
         d.launch().await;
         d
@@ -73,14 +113,30 @@ impl TestDaemon {
             config, listener, shutdown,
         )));
         self.trigger = Some(trigger);
-        let token_path = self.config.storage.dir.join("admin.token");
-        wait_until(Duration::from_secs(10), || token_path.exists()).await;
-        self.token = std::fs::read_to_string(&token_path)
-            .expect("token")
-            .trim()
-            .to_string();
+        if self.pg.is_none() {
+            let token_path = self.config.storage.dir.join("admin.token");
+            wait_until(Duration::from_secs(10), || token_path.exists()).await;
+            self.token = std::fs::read_to_string(&token_path)
+                .expect("token")
+                .trim()
+                .to_string();
+        }
         let client = self.client();
-        for _ in 0..200 {
+        for _ in 0..500 {
+            if self.pg.is_some()
+                && client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK
+            {
+                let (cluster, url) = self.pg.as_ref().expect("on postgres");
+                self.token = match &self.config.server.token_file {
+                    Some(path) => std::fs::read_to_string(path).expect("token file"),
+                    None => {
+                        cluster.psql(url, "SELECT value FROM settings WHERE name = 'admin_token'")
+                    }
+                }
+                .trim()
+                .to_string();
+                return;
+            }
             if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
                 return;
             }

@@ -17,7 +17,9 @@ pub mod schema;
 pub mod sql;
 
 use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event};
-use crate::store::{Counters, DeadLetterFilter, Fault, MasterKeys, QueueHead, StoreError};
+use crate::store::{
+    Counters, DeadLetterFilter, Fault, MasterKeys, NodeInfo, QueueHead, StoreError,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,14 +57,6 @@ impl std::fmt::Debug for PgOptions {
             .field("node_name", &self.node_name)
             .finish_non_exhaustive()
     }
-}
-
-/// A node as `/status` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub last_seen_ms: u64,
-    pub in_flight: u64,
 }
 
 /// Handle to the PostgreSQL store; cheap to clone.
@@ -454,6 +448,20 @@ impl PgStore {
     /// Attempts under way in the whole cluster: deliveries with an unexpired lease.
     pub async fn in_flight(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.count(sql::IN_FLIGHT, rows::i(now_ms)).await
+    }
+
+    /// Attempts under way in the whole cluster, and how many of them are retries.
+    pub async fn in_flight_split(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
+        self.timed(async {
+            let row = self
+                .client()
+                .await?
+                .query_one(sql::IN_FLIGHT_SPLIT, &[&rows::i(now_ms)])
+                .await
+                .map_err(db_error)?;
+            Ok((rows::u(row.get(0)), rows::u(row.get(1))))
+        })
+        .await
     }
 
     /// Pending deliveries (including those under way) of one endpoint.

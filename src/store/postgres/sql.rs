@@ -194,6 +194,8 @@ pub const QUEUE_HEAD_ORDERED: &str = "SELECT due_ms FROM deliveries WHERE endpoi
      AND status = 0 ORDER BY seq LIMIT 1";
 pub const IN_FLIGHT: &str =
     "SELECT count(*) FROM deliveries WHERE status = 0 AND lease_until_ms > $1";
+pub const IN_FLIGHT_SPLIT: &str = "SELECT count(*), count(*) FILTER (WHERE retry) FROM deliveries \
+     WHERE status = 0 AND lease_until_ms > $1";
 pub const OLDEST_PENDING: &str = "SELECT min(created_at_ms) FROM deliveries WHERE status = 0";
 
 // Dead letters.
