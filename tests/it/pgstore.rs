@@ -356,7 +356,7 @@ async fn rate_limit_holds_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_unavailable_and_comes_back() {
-    let mut pg = PgCluster::start();
+    let pg = PgCluster::start();
     let url = pg.create_db();
     let a = open(&url, "a").await;
     a.create_endpoint(endpoint("acme")).await.unwrap();
@@ -396,4 +396,230 @@ async fn postgres_keeps_the_claim_contract() {
     let store = preflix_webhookd::store::Store::Postgres(open(&url, "a").await);
     preflix_webhookd::store::contract::check_all(&store).await;
     store.close().await.unwrap();
+}
+
+// Real daemons on one database.
+
+use crate::support::{serve_to_exit, wait_until, Answer, TestDaemon, TestReceiver};
+use http::{Method, StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Two nodes on one database, both serving and delivering.
+async fn two_nodes() -> (Arc<PgCluster>, String, TestDaemon, TestDaemon) {
+    let pg = Arc::new(PgCluster::start());
+    let url = pg.create_db();
+    let a = TestDaemon::start_on_postgres(pg.clone(), url.clone(), |c| {
+        c.storage.postgres.node_name = Some("node-a".into());
+    })
+    .await;
+    let b = TestDaemon::start_on_postgres(pg.clone(), url.clone(), |c| {
+        c.storage.postgres.node_name = Some("node-b".into());
+    })
+    .await;
+    (pg, url, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_1000_ids_posted_to_two_daemons_are_stored_and_delivered_once() {
+    let receiver = TestReceiver::start().await;
+    let (pg, url, a, b) = two_nodes().await;
+    assert_eq!(
+        a.token, b.token,
+        "every node accepts the one token kept in the database"
+    );
+    a.client()
+        .create_endpoint("acme", "production", &receiver.url("/hook"), &["*"])
+        .await;
+    // b learns of the endpoint through NOTIFY (or its 5 s refresh).
+    wait_until_async_endpoints(&b, 1).await;
+    let batches: Vec<serde_json::Value> = (0..20)
+        .map(|chunk| {
+            let events: Vec<serde_json::Value> = (0..50)
+                .map(|i| {
+                    json!({"partner_id": "acme", "id": format!("evt_{}", chunk * 50 + i),
+                           "type": "audit.completed", "data": {"n": chunk * 50 + i}})
+                })
+                .collect();
+            json!({"events": events})
+        })
+        .collect();
+    let mut posts = Vec::new();
+    for daemon in [&a, &b] {
+        for batch in &batches {
+            let client = daemon.client();
+            let batch = batch.clone();
+            posts.push(tokio::spawn(async move {
+                client.post("/v1/events/batch", batch).await
+            }));
+        }
+    }
+    let (mut accepted, mut duplicate) = (0, 0);
+    for post in posts {
+        let (status, body) = post.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for r in body["results"].as_array().unwrap() {
+            match r["outcome"].as_str().unwrap() {
+                "accepted" => accepted += 1,
+                "duplicate" => duplicate += 1,
+                other => panic!("{other}: {r}"),
+            }
+        }
+    }
+    assert_eq!((accepted, duplicate), (1000, 1000));
+    receiver.wait_for(1000, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ids = receiver.event_ids();
+    assert_eq!(ids.len(), 1000, "one delivery per event, no more");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(pg.psql(&url, "SELECT count(*) FROM events"), "1000");
+    // Both nodes delivered (the work is shared), and /status lists both with cluster figures.
+    let (status, body) = a.client().get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["backend"], "postgres");
+    assert_eq!(body["totals"]["events"], 1000);
+    assert_eq!(body["totals"]["deliveries_succeeded"], 1000);
+    let names: Vec<&str> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+}
+
+async fn wait_until_async_endpoints(d: &TestDaemon, n: usize) {
+    let client = d.client();
+    for _ in 0..200 {
+        let (_, body) = client.get("/v1/endpoints").await;
+        if body["endpoints"].as_array().is_some_and(|e| e.len() >= n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the node never saw the endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_down_answers_503_and_the_node_recovers_by_itself() {
+    let receiver = TestReceiver::start().await;
+    receiver.set_default(Answer::status(200));
+    let pg = Arc::new(PgCluster::start());
+    let url = pg.create_db();
+    let daemon = TestDaemon::start_on_postgres(pg.clone(), url.clone(), |_| {}).await;
+    let client = daemon.client();
+    client
+        .create_endpoint("acme", "production", &receiver.url("/hook"), &["*"])
+        .await;
+    let (status, _) = client
+        .post_event("acme", "production", "before", "audit.completed", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    receiver.wait_for(1, Duration::from_secs(20)).await;
+
+    pg.stop();
+    let started = Instant::now();
+    let body = serde_json::to_vec(
+        &json!({"partner_id": "acme", "id": "down", "type": "audit.completed", "data": {}}),
+    )
+    .unwrap();
+    let (status, headers, text) = client
+        .raw(Method::POST, "/v1/events", Some(body.clone()), true)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text:?}");
+    assert!(String::from_utf8_lossy(&text).contains("storage_unavailable"));
+    assert!(headers.get("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let healthz = || async { client.raw(Method::GET, "/healthz", None, false).await.0 };
+    let mut down = false;
+    for _ in 0..100 {
+        if healthz().await == StatusCode::SERVICE_UNAVAILABLE {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(down, "/healthz says 503 while the database is down");
+
+    pg.start_again();
+    let mut up = false;
+    for _ in 0..200 {
+        if healthz().await == StatusCode::OK {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the node reconnects by itself");
+    let (status, _, _) = client
+        .raw(Method::POST, "/v1/events", Some(body), true)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    receiver.wait_for(2, Duration::from_secs(20)).await;
+
+    // pg_ctl restart -m fast while events are posted: every 2xx is committed and delivered.
+    let poster = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..300 {
+                let id = format!("r{i}");
+                let (status, _) = client
+                    .post_event("acme", "production", &id, "audit.completed", json!({}))
+                    .await;
+                if status.is_success() {
+                    acked.push(id);
+                } else {
+                    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.restart_fast();
+    let acked = poster.await.unwrap();
+    assert!(!acked.is_empty());
+    wait_until(Duration::from_secs(60), || {
+        let got = receiver.event_ids();
+        acked.iter().all(|id| got.contains(id))
+    })
+    .await;
+    for id in acked.iter().take(5) {
+        assert_eq!(
+            pg.psql(
+                &url,
+                &format!("SELECT count(*) FROM events WHERE id = '{id}'")
+            ),
+            "1"
+        );
+    }
+}
+
+#[test]
+fn a_newer_schema_stops_the_daemon_with_exit_64() {
+    let pg = PgCluster::start();
+    let url = pg.create_db();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        open(&url, "a").await.close().await.unwrap();
+    });
+    pg.psql(&url, "INSERT INTO webhookd_schema (version) VALUES (7)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nbackend = \"postgres\"\ndir = {:?}\n\n\
+         [storage.postgres]\nurl = {:?}\n",
+        dir.path().join("db").display().to_string(),
+        url
+    );
+    let (code, output) = serve_to_exit(dir.path(), &config);
+    assert_eq!(code, Some(64), "{output}");
+    assert!(output.contains("schema version 7"), "{output}");
 }

@@ -137,7 +137,9 @@ impl TestDaemon {
                 .to_string();
                 return;
             }
-            if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
+            if self.pg.is_none()
+                && client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

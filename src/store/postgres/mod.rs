@@ -85,6 +85,9 @@ struct Inner {
     closed: AtomicBool,
 }
 
+/// Marks a rolled-back conflict (deadlock, serialization failure) in an `Unavailable` message.
+pub(crate) const CONFLICT_MARK: &str = "transaction conflict, retried";
+
 /// A database error as the daemon answers it: connection trouble (and a deadlock or serialization
 /// failure, which a retry resolves) is [`StoreError::Unavailable`]; anything else is
 /// [`StoreError::Database`]. The message is PostgreSQL's, never a statement's parameters.
@@ -92,6 +95,12 @@ pub(crate) fn db_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
+            if code == "40P01" || code == "40001" {
+                return StoreError::Unavailable(format!(
+                    "PostgreSQL: {} ({CONFLICT_MARK})",
+                    db.message()
+                ));
+            }
             let transient = ["08", "53", "57P", "40001", "40P01", "55"]
                 .iter()
                 .any(|p| code.starts_with(p));
@@ -221,6 +230,10 @@ impl PgStore {
     /// Marks the store unavailable when `r` says the database cannot be reached.
     pub(crate) fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Unavailable(why)) = &r {
+            if why.contains(CONFLICT_MARK) {
+                // A deadlock or serialization failure says nothing about the database being there.
+                return r;
+            }
             let mut fault = self.inner.fault.lock().expect("fault lock");
             if fault.is_none() {
                 tracing::warn!(error = %why, "PostgreSQL unavailable");

@@ -157,7 +157,13 @@ impl PgStore {
                 }
             }
             let events: Vec<&NewEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
-            let result = self.timed(self.commit_ingest(&events)).await;
+            let mut result = self.timed(self.commit_ingest(&events)).await;
+            for _ in 0..3 {
+                if !matches!(&result, Err(StoreError::Unavailable(why)) if is_conflict(why)) {
+                    break;
+                }
+                result = self.timed(self.commit_ingest(&events)).await;
+            }
             match result {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
@@ -246,6 +252,7 @@ impl PgStore {
                 .map(|(_, e, _)| e.content_hash.as_slice())
                 .collect();
             let c_n: Vec<i32> = new.iter().map(|(_, _, t)| t.len() as i32).collect();
+            query(&tx, sql::EVENT_IDS_LOCK, &[&c_id]).await?;
             for row in query(
                 &tx,
                 sql::EVENTS_INSERT,
@@ -689,7 +696,13 @@ impl PgStore {
                     }
                 }
             }
-            let result = self.timed(self.commit_settles(&jobs)).await;
+            let mut result = self.timed(self.commit_settles(&jobs)).await;
+            for _ in 0..3 {
+                if !matches!(&result, Err(StoreError::Unavailable(why)) if is_conflict(why)) {
+                    break;
+                }
+                result = self.timed(self.commit_settles(&jobs)).await;
+            }
             match result {
                 Ok(answers) => {
                     for (job, answer) in jobs.into_iter().zip(answers) {
@@ -1236,6 +1249,11 @@ async fn write_endpoint(
     )
     .await
     .map(|_| ())
+}
+
+/// A deadlock or serialization failure: the transaction was rolled back and may simply run again.
+fn is_conflict(why: &str) -> bool {
+    why.contains(super::CONFLICT_MARK)
 }
 
 /// The same answer for every request of a failed group.

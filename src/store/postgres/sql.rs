@@ -105,6 +105,11 @@ pub const ENDPOINT_PENDING: &str =
 pub const EVENT_COLUMNS: &str = "seq, id, partner_id, environment, event_type, created_at, \
      received_at_ms, payload, content_hash";
 pub const EVENTS_KNOWN: &str = "SELECT id, content_hash, deliveries FROM events WHERE id = ANY($1)";
+/// Locks the ids a group is about to insert, in one global order (transaction-scoped advisory
+/// locks in the two-key space, apart from the one-key locks of migrations and the leader): two
+/// nodes inserting overlapping ids in different orders would otherwise deadlock on the unique index.
+pub const EVENT_IDS_LOCK: &str = "SELECT count(pg_advisory_xact_lock(7, h)) FROM (SELECT DISTINCT \
+     hashtext(i) AS h FROM unnest($1::text[]) AS i ORDER BY 1) AS s";
 pub const EVENTS_INSERT: &str = "INSERT INTO events (id, partner_id, environment, event_type, created_at, \
      received_at_ms, payload, content_hash, deliveries) \
      SELECT i, p, en, t, c, r, pl, h, n FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \

@@ -7,14 +7,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
-    running: bool,
+    running: AtomicBool,
 }
 
 fn bin_dir() -> PathBuf {
@@ -88,12 +88,12 @@ impl PgCluster {
             assert!(ok.success(), "chown of the PostgreSQL temp dir failed");
         }
         let port = 20000 + (std::process::id() % 20000) as u16;
-        let mut cluster = PgCluster {
+        let cluster = PgCluster {
             dir,
             bin,
             port,
             as_postgres,
-            running: false,
+            running: AtomicBool::new(false),
         };
         let data = cluster.data();
         cluster.run(
@@ -160,14 +160,14 @@ impl PgCluster {
         cmd
     }
 
-    fn start_server(&mut self) {
+    fn start_server(&self) {
         let log = self.dir.path().join("log").display().to_string();
         let data = self.data();
         self.run(
             "pg_ctl",
             &["start", "-w", "-t", "60", "-D", &data, "-l", &log],
         );
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
     }
 
     /// The socket directory (the `host` of a connection string).
@@ -233,18 +233,18 @@ impl PgCluster {
     }
 
     /// `pg_ctl stop -m fast`: the database goes away (until [`PgCluster::start_again`]).
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         let data = self.data();
         self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", &data]);
-        self.running = false;
+        self.running.store(false, Ordering::SeqCst);
     }
 
-    pub fn start_again(&mut self) {
+    pub fn start_again(&self) {
         self.start_server();
     }
 
     /// `pg_ctl restart -m fast`.
-    pub fn restart_fast(&mut self) {
+    pub fn restart_fast(&self) {
         let log = self.dir.path().join("log").display().to_string();
         let data = self.data();
         self.run(
@@ -253,13 +253,13 @@ impl PgCluster {
                 "restart", "-w", "-t", "60", "-m", "fast", "-D", &data, "-l", &log,
             ],
         );
-        self.running = true;
+        self.running.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if self.running {
+        if self.running.load(Ordering::SeqCst) {
             let data = self.data();
             let _ = self
                 .command("pg_ctl", &["stop", "-m", "immediate", "-D", &data])
