@@ -123,23 +123,17 @@ impl TestDaemon {
         }
         let client = self.client();
         for _ in 0..500 {
-            if self.pg.is_some()
-                && client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK
-            {
-                let (cluster, url) = self.pg.as_ref().expect("on postgres");
-                self.token = match &self.config.server.token_file {
-                    Some(path) => std::fs::read_to_string(path).expect("token file"),
-                    None => {
-                        cluster.psql(url, "SELECT value FROM settings WHERE name = 'admin_token'")
+            if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
+                // On PostgreSQL the token is the one the database keeps, there once the node is up.
+                if let Some((cluster, url)) = &self.pg {
+                    self.token = match &self.config.server.token_file {
+                        Some(path) => std::fs::read_to_string(path).expect("token file"),
+                        None => cluster
+                            .psql(url, "SELECT value FROM settings WHERE name = 'admin_token'"),
                     }
+                    .trim()
+                    .to_string();
                 }
-                .trim()
-                .to_string();
-                return;
-            }
-            if self.pg.is_none()
-                && client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK
-            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
