@@ -874,3 +874,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Two nodes on one PostgreSQL database: a token minted on one works on the other, and its
+/// revocation on the other is refused by the first at the next request (no node keeps a copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_node_is_refused_by_every_node() {
+    let pg = std::sync::Arc::new(crate::support::pg::PgCluster::start());
+    let url = pg.create_db();
+    let one = TestDaemon::start_on_postgres(pg.clone(), url.clone(), |_| {}).await;
+    let two = TestDaemon::start_on_postgres(pg.clone(), url.clone(), |_| {}).await;
+    let minted = mint(&one.client(), json!({"partner_id": "partner-a"})).await;
+    let on_one = one.client().with_token(&token_of(&minted));
+    let on_two = two.client().with_token(&token_of(&minted));
+    for c in [&on_one, &on_two] {
+        let (status, me) = c.get("/v1/whoami").await;
+        assert_eq!(
+            (status, &me["token_id"]),
+            (StatusCode::OK, &minted["id"]),
+            "{me}"
+        );
+    }
+    let (status, _) = two
+        .client()
+        .delete(&format!("/v1/tokens/{}", id(&minted)))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for c in [&on_one, &on_two] {
+        assert_status(
+            "revoked on the other node",
+            c.get("/v1/whoami").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+    }
+}
