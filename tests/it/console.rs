@@ -956,3 +956,62 @@ async fn endpoint_view_charts_the_last_24_hours() {
     c.screenshot("endpoint-charts").await;
     c.assert_no_errors();
 }
+
+/// Markup in server data (an event's payload, an endpoint's description, a receiver's response
+/// body) is shown as text: no element is made from it and nothing of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_data_is_shown_as_text_never_as_markup() {
+    const MARKUP: &str = "<img src=x onerror=\"window.pwned=1\"><b id=injected>bold</b>";
+    let receiver = TestReceiver::start().await;
+    receiver.set_default(Answer::status(200).body(MARKUP));
+    let d = TestDaemon::start().await;
+    let client = d.client();
+    let (status, ep) = client
+        .post(
+            "/v1/endpoints",
+            json!({"partner_id": "acme-health", "url": receiver.url("/hooks"), "event_types": ["*"],
+                   "description": MARKUP}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ep}");
+    let ep = ep["id"].as_str().unwrap().to_string();
+    let (status, body) = client
+        .post_event(
+            "acme-health",
+            "production",
+            "evt_markup",
+            "audit.completed",
+            json!({"note": MARKUP}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    receiver.wait_for(1, Duration::from_secs(30)).await;
+    let c = Console::start(d).await;
+    let token = c.daemon.token.clone();
+    c.login(&token).await;
+    c.show(
+        &format!("#/endpoints/{ep}"),
+        "document.getElementById('ep-state')",
+    )
+    .await;
+    c.page.wait_for_text("<b id=injected>bold</b>").await;
+    c.show(
+        "#/events/evt_markup",
+        "document.querySelector('li.attempt details')",
+    )
+    .await;
+    c.page
+        .eval("document.querySelectorAll('details').forEach(d => d.open = true)")
+        .await;
+    c.page.wait_for_text("onerror=").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.page
+            .eval("[document.querySelectorAll('#main img, #injected').length, window.pwned === undefined]")
+            .await,
+        json!([0, true])
+    );
+    c.screenshot("markup-as-text").await;
+    c.assert_no_errors();
+    c.assert_same_origin();
+}
