@@ -129,17 +129,53 @@ async function adminOverview(box) {
   );
 }
 
+/** Stats per endpoint for the partner overview, fetched at most every 30 s each: {at, value}. */
+const statsCache = new Map();
+
+async function statsOf(id) {
+  const cached = statsCache.get(id);
+  if (cached && Date.now() - cached.at < 30000) return cached.value;
+  let value = null;
+  try {
+    value = await get(`/v1/endpoints/${enc(id)}/stats?window=24h`);
+  } catch (e) {
+    if (e.status === 401) throw e;
+  }
+  statsCache.set(id, { at: Date.now(), value });
+  return value;
+}
+
+/**
+ * A partner token cannot read /status: its endpoints' health is read from their stats. The last
+ * hour with attempts decides: only failures there is "failing".
+ */
+function partnerHealth(ep, stats) {
+  if (!ep.enabled) return [badge("disabled", "disabled"), ep.disabled_reason || ""];
+  if (!stats) return [h("span", { class: "muted" }, "—"), ""];
+  const buckets = stats.buckets || [];
+  const attempts = buckets.reduce((a, b) => a + (b.succeeded || 0) + (b.failed || 0), 0);
+  const last = [...buckets].reverse().find((b) => (b.succeeded || 0) + (b.failed || 0) > 0);
+  const summary = attempts ? `${attempts} attempt${attempts === 1 ? "" : "s"} · ${((stats.success_rate ?? 1) * 100).toFixed(1)}% succeeded` : "no attempts";
+  if (!last) return [badge("idle", "disabled"), summary];
+  return [last.succeeded ? badge("healthy", "healthy") : badge("failing", "failing"), summary];
+}
+
 async function partnerOverview(box) {
   const [eps, dls, events] = await Promise.all([get("/v1/endpoints"), get("/v1/dead-letters?limit=100"), latestEvents({ limit: "10" })]);
   const endpoints = eps.endpoints || [];
   const dead = (dls.dead_letters || []).length;
-  const rows = endpoints.map((e) => [
-    h("div", {}, epLink(e.id), h("div", { class: "muted small url" }, e.url)),
-    e.environment,
-    e.enabled ? badge("enabled", "healthy") : badge("disabled", "disabled"),
-    (e.event_types || []).join(", "),
-    e.description || "",
-  ]);
+  const stats = await Promise.all(endpoints.slice(0, 50).map((e) => statsOf(e.id)));
+  const rows = endpoints.map((e, i) => {
+    const [health, summary] = partnerHealth(e, stats[i]);
+    return [
+      h("div", {}, epLink(e.id), h("div", { class: "muted small url" }, e.url)),
+      e.environment,
+      health,
+      summary,
+      (e.event_types || []).join(", "),
+      e.description || "",
+    ];
+  });
   refill(
     box,
     h(
@@ -149,7 +185,7 @@ async function partnerOverview(box) {
       card("Dead letters", h("a", { href: "#/dead-letters", "data-key": "dl" }, dls.next ? `${dead}+` : String(dead)))
     ),
     h("h2", {}, `Your endpoints (${rows.length})`),
-    table("Your endpoints", ["Endpoint", "Environment", "State", "Event types", "Description"], rows, "No endpoints for this token."),
+    table("Your endpoints", ["Endpoint", "Environment", "Health", "Last 24 hours", "Event types", "Description"], rows, "No endpoints for this token."),
     events ? [h("h2", {}, "Latest events"), eventsTable("Your latest events", events)] : null
   );
 }
@@ -265,7 +301,7 @@ async function renderStats(box, id, ctx) {
   fill(
     box,
     h("h2", { id: "ep-stats-h" }, "Last 24 hours"),
-    h("p", {}, `${attempts} attempts · success rate ${rate}`),
+    h("p", {}, `${attempts} attempt${attempts === 1 ? "" : "s"} · success rate ${rate}`),
     h(
       "div",
       { class: "charts" },

@@ -768,6 +768,13 @@ async fn a_partner_token_sees_only_its_own_partner() {
     c.page.wait_for_text(&mine_down).await;
     c.page.wait_for_text("evt_acme_1").await;
     c.page.wait_for_text("partner token · acme-health").await;
+    // Health from the stats route (a partner cannot read /status): the failing endpoint says so.
+    c.page
+        .wait_for(
+            &format!("[...document.querySelectorAll('#overview tbody tr')].some(r => r.innerText.includes('{mine_down}') && r.innerText.includes('failing') && r.innerText.includes('0.0% succeeded'))"),
+            Duration::from_secs(30),
+        )
+        .await;
     let text = c.page.eval("document.body.innerText").await;
     let text = text.as_str().unwrap();
     for other in [
