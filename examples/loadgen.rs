@@ -646,6 +646,11 @@ impl Daemon {
             std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))?;
         }
         config.server.token_file = Some(token_path.clone());
+        // `LOADGEN_PG_URL`: run the daemon on that PostgreSQL database instead of sled.
+        if let Ok(url) = std::env::var("LOADGEN_PG_URL") {
+            config.storage.backend = preflix_webhookd::config::StorageBackend::Postgres;
+            config.storage.postgres.url = Some(url);
+        }
         change(&mut config);
         let token = std::fs::read_to_string(&token_path)?.trim().to_string();
         let mut d = Daemon {

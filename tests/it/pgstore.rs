@@ -623,3 +623,143 @@ fn a_newer_schema_stops_the_daemon_with_exit_64() {
     assert_eq!(code, Some(64), "{output}");
     assert!(output.contains("schema version 7"), "{output}");
 }
+
+/// A node as a real process (`preflix-webhookd serve`) on the PostgreSQL database `url`.
+struct Node {
+    child: std::process::Child,
+    client: crate::support::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(pg: &PgCluster, url: &str, name: &str, lease: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"2s\"\n\n[storage]\n\
+             backend = \"postgres\"\ndir = {:?}\n\n[storage.postgres]\nurl = {url:?}\n\
+             lease = \"{lease}\"\nnode_name = \"{name}\"\npool_size = 4\n\n[delivery]\n\
+             allow_private_networks = true\nrequire_https = false\ntimeout = \"60s\"\n\n\
+             [retry]\nschedule = [\"100ms\"]\njitter = 0.0\n",
+            dir.path().join("db").display().to_string()
+        );
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = std::process::Command::new(crate::support::binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .env_remove("PREFLIX_WEBHOOKD_CONFIG")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut client = crate::support::Client {
+            addr: ([127, 0, 0, 1], port).into(),
+            token: String::new(),
+        };
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(client.addr).await.is_ok()
+                && client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK
+            {
+                client.token =
+                    pg.psql(url, "SELECT value FROM settings WHERE name = 'admin_token'");
+                return Node {
+                    child,
+                    client,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "node {name} did not start: {}",
+            std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+        );
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node SIGKILLed with attempts under way: another node takes its claims over once their lease
+/// has run out (within lease + 2 s of the kill), and delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_nodes_claims_are_taken_over_after_the_lease() {
+    let pg = PgCluster::start();
+    let url = pg.create_db();
+    let receiver = TestReceiver::start().await;
+    // The first five attempts hang (node a's); the ones after are answered at once.
+    receiver.script((0..5).map(|_| Answer::status(200).delay(Duration::from_secs(60))));
+    receiver.set_default(Answer::status(200));
+    let mut a = Node::start(&pg, &url, "node-a", "2s").await;
+    let (status, _) = a
+        .client
+        .post(
+            "/v1/endpoints",
+            json!({"partner_id": "acme", "url": receiver.url("/hook"), "event_types": ["*"], "max_in_flight": 5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for i in 0..5 {
+        let (status, _) = a
+            .client
+            .post_event(
+                "acme",
+                "production",
+                &format!("k{i}"),
+                "audit.completed",
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    wait_until(Duration::from_secs(20), || receiver.in_progress() == 5).await;
+    let b = Node::start(&pg, &url, "node-b", "2s").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 5, "b takes nothing while a's leases run");
+    a.kill9();
+    let killed = Instant::now();
+    receiver.wait_for(10, Duration::from_secs(20)).await;
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(4),
+        "failover took {took:?}, more than lease + 2 s"
+    );
+    println!(
+        "failover: first attempt by node b {} ms after the SIGKILL",
+        took.as_millis()
+    );
+    let mut ids = receiver.event_ids();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    let mut done = false;
+    for _ in 0..100 {
+        let (_, status) = b.client.get("/status").await;
+        if status["totals"]["deliveries_succeeded"] == 5 && status["queue"]["pending"] == 0 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "node b settled the deliveries it took over");
+}

@@ -431,16 +431,39 @@ impl PgStore {
         .await
     }
 
-    // Reads.
+    // Reads (statements prepared once per connection).
+
+    async fn read_all(
+        &self,
+        q: &str,
+        p: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        let st = client.prepare_cached(q).await.map_err(db_error)?;
+        client.query(&st, p).await.map_err(db_error)
+    }
+
+    async fn read_opt(
+        &self,
+        q: &str,
+        p: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        Ok(self.read_all(q, p).await?.into_iter().next())
+    }
+
+    async fn read_one(
+        &self,
+        q: &str,
+        p: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        self.read_opt(q, p)
+            .await?
+            .ok_or_else(|| StoreError::Database("PostgreSQL returned no row".into()))
+    }
 
     pub async fn counters(&self) -> Result<Counters, StoreError> {
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_one(sql::COUNTERS_SUM, &[])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_one(sql::COUNTERS_SUM, &[]).await?;
             let g = |i: usize| rows::u(row.get::<_, i64>(i));
             Ok(Counters {
                 events: g(0),
@@ -467,11 +490,8 @@ impl PgStore {
     pub async fn in_flight_split(&self, now_ms: u64) -> Result<(u64, u64), StoreError> {
         self.timed(async {
             let row = self
-                .client()
-                .await?
-                .query_one(sql::IN_FLIGHT_SPLIT, &[&rows::i(now_ms)])
-                .await
-                .map_err(db_error)?;
+                .read_one(sql::IN_FLIGHT_SPLIT, &[&rows::i(now_ms)])
+                .await?;
             Ok((rows::u(row.get(0)), rows::u(row.get(1))))
         })
         .await
@@ -484,12 +504,7 @@ impl PgStore {
 
     async fn count(&self, query: &str, arg: i64) -> Result<u64, StoreError> {
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_one(query, &[&arg])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_one(query, &[&arg]).await?;
             Ok(rows::u(row.get(0)))
         })
         .await
@@ -498,12 +513,7 @@ impl PgStore {
     /// The nodes that have ever run on this database, with their last heartbeat.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         self.timed(async {
-            let rows = self
-                .client()
-                .await?
-                .query(sql::NODES, &[])
-                .await
-                .map_err(db_error)?;
+            let rows = self.read_all(sql::NODES, &[]).await?;
             Ok(rows
                 .iter()
                 .map(|r| NodeInfo {
@@ -519,11 +529,8 @@ impl PgStore {
     pub async fn health(&self, num: u64) -> Result<EndpointHealth, StoreError> {
         self.timed(async {
             let row = self
-                .client()
-                .await?
-                .query_opt(sql::ENDPOINT_HEALTH, &[&rows::i(num)])
-                .await
-                .map_err(db_error)?;
+                .read_opt(sql::ENDPOINT_HEALTH, &[&rows::i(num)])
+                .await?;
             Ok(row.map(|r| rows::health(&r, 0)).unwrap_or_default())
         })
         .await
@@ -531,12 +538,7 @@ impl PgStore {
 
     pub async fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_opt(sql::EVENT_BY_ID, &[&id])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_opt(sql::EVENT_BY_ID, &[&id]).await?;
             row.as_ref().map(rows::event).transpose()
         })
         .await
@@ -544,12 +546,7 @@ impl PgStore {
 
     pub async fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_opt(sql::EVENT_BY_SEQ, &[&rows::i(seq)])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_opt(sql::EVENT_BY_SEQ, &[&rows::i(seq)]).await?;
             row.as_ref().map(rows::event).transpose()
         })
         .await
@@ -562,14 +559,11 @@ impl PgStore {
     ) -> Result<Option<Delivery>, StoreError> {
         self.timed(async {
             let row = self
-                .client()
-                .await?
-                .query_opt(
+                .read_opt(
                     sql::DELIVERY_OF_EVENT,
                     &[&rows::i(event.seq), &rows::i(seq)],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             row.as_ref().map(rows::delivery).transpose()
         })
         .await
@@ -579,11 +573,8 @@ impl PgStore {
     pub async fn event_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
         self.timed(async {
             let rows = self
-                .client()
-                .await?
-                .query(sql::DELIVERIES_OF_EVENT, &[&rows::i(event.seq)])
-                .await
-                .map_err(db_error)?;
+                .read_all(sql::DELIVERIES_OF_EVENT, &[&rows::i(event.seq)])
+                .await?;
             rows.iter().map(rows::delivery).collect()
         })
         .await
@@ -593,11 +584,8 @@ impl PgStore {
     pub async fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         self.timed(async {
             let rows = self
-                .client()
-                .await?
-                .query(sql::EVENTS_FROM, &[&rows::i(after), &(limit as i64)])
-                .await
-                .map_err(db_error)?;
+                .read_all(sql::EVENTS_FROM, &[&rows::i(after), &(limit as i64)])
+                .await?;
             rows.iter().map(rows::event).collect()
         })
         .await
@@ -605,12 +593,7 @@ impl PgStore {
 
     pub async fn dead_letter(&self, seq: u64) -> Result<Option<DeadLetter>, StoreError> {
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_opt(sql::DEAD_LETTER, &[&rows::i(seq)])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_opt(sql::DEAD_LETTER, &[&rows::i(seq)]).await?;
             row.as_ref().map(rows::dead_letter).transpose()
         })
         .await
@@ -630,14 +613,11 @@ impl PgStore {
         let event_type = filter.event_type.as_deref();
         self.timed(async {
             let rows = self
-                .client()
-                .await?
-                .query(
+                .read_all(
                     sql::DEAD_LETTERS_MATCHING,
                     &[&rows::i(after), &endpoint, &event_type, &(limit as i64)],
                 )
-                .await
-                .map_err(db_error)?;
+                .await?;
             rows.iter().map(rows::dead_letter).collect()
         })
         .await
@@ -652,12 +632,7 @@ impl PgStore {
             sql::QUEUE_HEAD
         };
         self.timed(async {
-            let row = self
-                .client()
-                .await?
-                .query_opt(query, &[&rows::i(ep.num)])
-                .await
-                .map_err(db_error)?;
+            let row = self.read_opt(query, &[&rows::i(ep.num)]).await?;
             Ok(row
                 .and_then(|r| r.get::<_, Option<i64>>(0))
                 .map(|due| QueueHead {
@@ -677,12 +652,7 @@ impl PgStore {
     pub async fn refresh_oldest_pending(&self) -> Result<(), StoreError> {
         let oldest = self
             .timed(async {
-                let row = self
-                    .client()
-                    .await?
-                    .query_one(sql::OLDEST_PENDING, &[])
-                    .await
-                    .map_err(db_error)?;
+                let row = self.read_one(sql::OLDEST_PENDING, &[]).await?;
                 Ok(row.get::<_, Option<i64>>(0).map(rows::u))
             })
             .await?;
