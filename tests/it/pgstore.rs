@@ -650,7 +650,7 @@ impl Node {
         let file = dir.path().join("config.toml");
         std::fs::write(&file, config).unwrap();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-        let child = std::process::Command::new(crate::support::binary())
+        let mut child = std::process::Command::new(crate::support::binary())
             .arg("serve")
             .arg("--config")
             .arg(&file)
@@ -681,6 +681,8 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!(
             "node {name} did not start: {}",
             std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
