@@ -170,25 +170,28 @@ fn damage(db: &Path, how: &str) {
         "zeros" => f.write_all_at(&vec![0; len as usize], 0).unwrap(),
         "empty" => f.set_len(0).unwrap(),
         "flip" => {
-            let at = live_byte(db.parent().unwrap());
             let bytes = std::fs::read(db).unwrap();
-            f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
+            for at in live_bytes(db.parent().unwrap()) {
+                f.write_all_at(&[bytes[at] ^ 0x5a], at as u64).unwrap();
+            }
         }
         other => panic!("no damage called {other}"),
     }
     f.sync_all().unwrap();
 }
 
-/// The offset of a byte in the middle of sled's log whose damage loses data: one byte of a copy
-/// of an event from the middle of the history. sled's file also holds superseded copies, padding
-/// and free segments, whose damage loses nothing (and which the daemon rightly ignores), so each
-/// candidate is tried on a copy of the store first, until `check` finds commits missing.
-fn live_byte(store: &Path) -> usize {
-    live_byte_where(store, "commits are missing")
+/// Offsets of bytes in the middle of sled's log whose damage loses data: a byte of a copy of an
+/// event from the middle of the history. sled's file also holds superseded copies, padding and free
+/// segments, whose damage loses nothing (and which the daemon rightly ignores), so each candidate
+/// is tried on a copy of the store first, until `check` finds commits missing. When no single copy
+/// does (under load sled writes more copies, and which one it reads is not told by its place in the
+/// file), the same byte of every copy of that event is damaged together.
+fn live_bytes(store: &Path) -> Vec<usize> {
+    live_bytes_where(store, "commits are missing")
 }
 
-/// [`live_byte`], for a byte whose damage makes `check` say `finding`.
-fn live_byte_where(store: &Path, finding: &str) -> usize {
+/// [`live_bytes`], for bytes whose damage makes `check` say `finding`.
+fn live_bytes_where(store: &Path, finding: &str) -> Vec<usize> {
     let bytes = std::fs::read(store.join("db")).unwrap();
     let needle = format!("evt_{:06}", EVENTS / 2);
     let found: Vec<usize> = bytes
@@ -197,7 +200,13 @@ fn live_byte_where(store: &Path, finding: &str) -> usize {
         .filter(|(_, w)| *w == needle.as_bytes())
         .map(|(i, _)| i + 5)
         .collect();
-    for &at in found.iter().rev().take(12) {
+    let candidates = found
+        .iter()
+        .rev()
+        .take(12)
+        .map(|&at| vec![at])
+        .chain(std::iter::once(found.clone()));
+    for at in candidates {
         let probe = tempfile::tempdir().unwrap();
         let copy = probe.path().join("db");
         std::fs::create_dir(&copy).unwrap();
@@ -208,7 +217,9 @@ fn live_byte_where(store: &Path, finding: &str) -> usize {
             }
         }
         let mut damaged = bytes.clone();
-        damaged[at] ^= 0x5a;
+        for &i in &at {
+            damaged[i] ^= 0x5a;
+        }
         std::fs::write(copy.join("db"), &damaged).unwrap();
         let out = run_check(probe.path(), &[]);
         if String::from_utf8_lossy(&out.stdout).contains(finding) {
@@ -216,8 +227,9 @@ fn live_byte_where(store: &Path, finding: &str) -> usize {
         }
     }
     panic!(
-        "no byte of {needle} in {} loses data when damaged",
-        store.display()
+        "no byte of {needle} in {} loses data when damaged ({} copies, one by one and all together)",
+        store.display(),
+        found.len()
     );
 }
 
@@ -602,9 +614,10 @@ async fn check_finds_a_damaged_record_that_sled_reads_lazily() {
         String::from_utf8_lossy(&healthy.stdout)
     );
     let db = dir.join("db").join("db");
-    let at = live_byte_where(&dir.join("db"), "unreadable");
     let mut bytes = std::fs::read(&db).unwrap();
-    bytes[at] ^= 0x5a;
+    for at in live_bytes_where(&dir.join("db"), "unreadable") {
+        bytes[at] ^= 0x5a;
+    }
     std::fs::write(&db, &bytes).unwrap();
     let report = run_check(dir, &[]);
     let out = String::from_utf8_lossy(&report.stdout);
