@@ -33,6 +33,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the probe checks the database (and how soon a recovery is noticed).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Ingest groups committing at once: each waits for its commit's flush, so several overlap it.
+const INGEST_COMMITTERS: usize = 4;
 /// The node heartbeat, in probe ticks.
 const HEARTBEAT_TICKS: u32 = 2;
 /// The endpoint cache is reloaded this often, in probe ticks, besides every `NOTIFY`.
@@ -196,8 +198,10 @@ impl PgStore {
             tokio::spawn(store.clone().probe_loop()),
             tokio::spawn(store.clone().leader_loop()),
         ];
-        for _ in 0..2 {
+        for _ in 0..INGEST_COMMITTERS {
             tasks.push(tokio::spawn(store.clone().ingest_loop(ingest_rx.clone())));
+        }
+        for _ in 0..2 {
             tasks.push(tokio::spawn(store.clone().settle_loop(settle_rx.clone())));
         }
         *store.inner.tasks.lock().expect("tasks lock") = tasks;

@@ -724,6 +724,12 @@ impl PgStore {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_error)?;
+        // Like sled's settles, not waited for on disk: one lost in a crash of the database leaves
+        // its delivery leased and due at the lease's end, so it is attempted again (at least once).
+        // Claims stay synchronous: a fence must never be handed out twice.
+        tx.batch_execute(sql::SETTLE_ASYNC_COMMIT)
+            .await
+            .map_err(db_error)?;
         let seqs: Vec<i64> = jobs
             .iter()
             .map(|j| rows::i(j.s.claim.delivery.seq))

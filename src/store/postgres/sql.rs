@@ -150,6 +150,7 @@ pub const DELIVERIES_LOCK: &str =
      ORDER BY seq FOR UPDATE";
 pub const DELIVERY_ENDPOINTS: &str =
     "SELECT DISTINCT endpoint_num FROM deliveries WHERE seq = ANY($1)";
+pub const SETTLE_ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit TO off";
 pub const DELIVERIES_SETTLE: &str = "UPDATE deliveries d SET status = u.status, due_ms = u.due, \
      retry = u.retry, attempts = d.attempts || u.attempt::jsonb, lease_owner = NULL, \
      lease_until_ms = NULL FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::bool[], \
