@@ -68,12 +68,8 @@ impl Daemon {
                 let _ = child.wait();
                 continue;
             }
-            let token =
-                std::fs::read_to_string(dir.join("db").join("admin.token")).expect("admin token");
-            let client = Client {
-                addr,
-                token: token.trim().to_string(),
-            };
+            let token = admin_token_in(dir).await.expect("admin token");
+            let client = Client { addr, token };
             return Daemon {
                 dir: dir.to_path_buf(),
                 settings,
@@ -179,15 +175,12 @@ fn spawn(dir: &Path, settings: Settings) -> (Child, SocketAddr) {
 }
 
 fn config_text(dir: &Path, port: u16, s: Settings) -> String {
-    let db = dir.join("db");
     format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
 shutdown_grace = "{grace}"
 
-[storage]
-dir = '{db}'
-
+{storage}
 [delivery]
 allow_private_networks = true
 require_https = false
@@ -206,7 +199,7 @@ level = "info"
         grace = s.shutdown_grace,
         timeout = s.timeout,
         schedule = s.retry_schedule,
-        db = db.display(),
+        storage = storage_toml(dir),
     )
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use preflix_webhookd::config::Config;
+use preflix_webhookd::config::{Config, StorageBackend};
 use preflix_webhookd::shutdown::{Shutdown, Trigger};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -31,10 +31,109 @@ pub struct TestDaemon {
     pub pg: Option<(Arc<pg::PgCluster>, String)>,
 }
 
-/// The one switch of the integration suite's backend: `WEBHOOKD_TEST_BACKEND=postgres` runs every
-/// `TestDaemon` on a throwaway PostgreSQL cluster of its own instead of sled.
-pub fn test_backend_is_postgres() -> bool {
-    std::env::var("WEBHOOKD_TEST_BACKEND").is_ok_and(|v| v == "postgres")
+/// The one switch between the backends: `WEBHOOKD_TEST_BACKEND=postgres` runs the suite on
+/// PostgreSQL (a throwaway cluster shared by the test process, one fresh database per daemon);
+/// unset or `sled`, on sled.
+pub fn on_postgres() -> bool {
+    match std::env::var("WEBHOOKD_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sled") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("WEBHOOKD_TEST_BACKEND={other}: expected `sled` or `postgres`"),
+    }
+}
+
+/// The throwaway PostgreSQL cluster this test process shares: started on first use, stopped (and
+/// its directory removed) by a watchdog once the process has ended.
+pub fn shared_pg() -> Arc<pg::PgCluster> {
+    static CLUSTER: std::sync::OnceLock<Arc<pg::PgCluster>> = std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| {
+            let cluster = pg::PgCluster::start();
+            cluster.stop_when_process_ends(std::process::id());
+            Arc::new(cluster)
+        })
+        .clone()
+}
+
+/// Returns early from a test about sled's own files (its directory, disk, watermark, tools),
+/// saying so, when the suite runs on PostgreSQL. Keep its users few and their reasons true.
+macro_rules! sled_only {
+    ($why:expr) => {
+        if $crate::support::on_postgres() {
+            eprintln!("sled only, skipped on postgres: {}", $why);
+            return;
+        }
+    };
+}
+pub(crate) use sled_only;
+
+/// The `[storage]` table for a real binary's config file in `dir`, on the backend of the run: on
+/// PostgreSQL a fresh database, made the first time and kept in `<dir>/pg.url` so a restart on
+/// the same directory finds the same data.
+pub fn storage_toml(dir: &Path) -> String {
+    let db = dir.join("db");
+    if !on_postgres() {
+        return format!("[storage]\ndir = '{}'\n", db.display());
+    }
+    let file = dir.join("pg.url");
+    let url = match std::fs::read_to_string(&file) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = shared_pg().create_db();
+            std::fs::write(&file, &url).expect("write pg.url");
+            url
+        }
+    };
+    format!(
+        "[storage]\ndir = '{}'\nbackend = \"postgres\"\n\n[storage.postgres]\nurl = '{url}'\n\
+         pool_size = {TEST_POOL_SIZE}\nlease = \"{}ms\"\n",
+        db.display(),
+        TEST_LEASE.as_millis()
+    )
+}
+
+/// Connections per test daemon: many daemons share one cluster (max_connections 200).
+pub const TEST_POOL_SIZE: usize = 6;
+/// Longer than the tests' delivery.timeout (5 s), so a slow attempt is never taken over.
+pub const TEST_LEASE: Duration = Duration::from_secs(10);
+
+/// The admin token of a daemon on PostgreSQL: generated once into the database (contract
+/// section 8) by the first node; `None` until it is there.
+pub async fn pg_admin_token(url: &str) -> Option<String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(conn);
+    let row = client
+        .query_opt("SELECT value FROM settings WHERE name = 'admin_token'", &[])
+        .await
+        .ok()??;
+    Some(row.get(0))
+}
+
+/// The admin token a daemon on `config` accepts, once it is there (`None` before).
+pub async fn admin_token(config: &Config) -> Option<String> {
+    let from_file = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    if let Some(file) = &config.server.token_file {
+        return from_file(file);
+    }
+    match (&config.storage.backend, &config.storage.postgres.url) {
+        (StorageBackend::Postgres, Some(url)) => pg_admin_token(url).await,
+        _ => from_file(&config.storage.dir.join("admin.token")),
+    }
+}
+
+/// The admin token of a real binary started on [`storage_toml`]`(dir)` without a token_file.
+pub async fn admin_token_in(dir: &Path) -> Option<String> {
+    match std::fs::read_to_string(dir.join("pg.url")) {
+        Ok(url) if on_postgres() => pg_admin_token(&url).await,
+        _ => std::fs::read_to_string(dir.join("db").join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_string()),
+    }
 }
 
 /// A config for tests: temp store, private networks allowed (receivers are on loopback), fast retries.
@@ -56,10 +155,10 @@ impl TestDaemon {
     }
 
     /// Starts with the test config changed by `change` (on PostgreSQL when the suite's switch,
-    /// [`test_backend_is_postgres`], says so).
+    /// [`on_postgres`], says so: a fresh database on the cluster the test process shares).
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> TestDaemon {
-        if test_backend_is_postgres() {
-            let cluster = Arc::new(pg::PgCluster::start());
+        if on_postgres() {
+            let cluster = shared_pg();
             let url = cluster.create_db();
             return Self::start_on_postgres(cluster, url, change).await;
         }
@@ -88,8 +187,10 @@ impl TestDaemon {
     ) -> TestDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
-        config.storage.backend = preflix_webhookd::config::StorageBackend::Postgres;
+        config.storage.backend = StorageBackend::Postgres;
         config.storage.postgres.url = Some(url.clone());
+        config.storage.postgres.pool_size = TEST_POOL_SIZE;
+        config.storage.postgres.lease = TEST_LEASE;
         change(&mut config);
         let mut d = TestDaemon {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -113,27 +214,17 @@ impl TestDaemon {
             config, listener, shutdown,
         )));
         self.trigger = Some(trigger);
-        if self.pg.is_none() {
-            let token_path = self.config.storage.dir.join("admin.token");
-            wait_until(Duration::from_secs(10), || token_path.exists()).await;
-            self.token = std::fs::read_to_string(&token_path)
-                .expect("token")
-                .trim()
-                .to_string();
-        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        self.token = loop {
+            if let Some(token) = admin_token(&self.config).await {
+                break token;
+            }
+            assert!(Instant::now() < deadline, "no admin token within 20 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let client = self.client();
         for _ in 0..500 {
             if client.raw(Method::GET, "/healthz", None, false).await.0 == StatusCode::OK {
-                // On PostgreSQL the token is the one the database keeps, there once the node is up.
-                if let Some((cluster, url)) = &self.pg {
-                    self.token = match &self.config.server.token_file {
-                        Some(path) => std::fs::read_to_string(path).expect("token file"),
-                        None => cluster
-                            .psql(url, "SELECT value FROM settings WHERE name = 'admin_token'"),
-                    }
-                    .trim()
-                    .to_string();
-                }
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -170,6 +170,37 @@ impl PgCluster {
         self.running.store(true, Ordering::SeqCst);
     }
 
+    /// Stops this cluster and removes its directory once the process `pid` has ended, whatever
+    /// way it ends (a cluster kept in a `static` is never dropped): a detached watchdog shell.
+    pub fn stop_when_process_ends(&self, pid: u32) {
+        let pg_ctl = self.bin.join("pg_ctl").display().to_string();
+        let stop = if self.as_postgres {
+            format!("runuser -u postgres -- '{pg_ctl}'")
+        } else {
+            format!("'{pg_ctl}'")
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {stop} stop -m immediate -D '{data}' >/dev/null 2>&1; rm -rf '{dir}'",
+            data = self.data(),
+            dir = self.dir.path().display()
+        );
+        let mut cmd = if Path::new("/usr/bin/setsid").exists() {
+            let mut c = Command::new("/usr/bin/setsid");
+            c.arg("sh");
+            c
+        } else {
+            Command::new("sh")
+        };
+        cmd.arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the cluster's watchdog");
+    }
+
     /// The socket directory (the `host` of a connection string).
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
