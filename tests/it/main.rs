@@ -1,6 +1,7 @@
 //! Integration tests: one test binary, a module per area, real daemons on 127.0.0.1:0 and real receivers.
 
 mod cli;
+mod cluster;
 mod config;
 mod console;
 mod crash;
