@@ -524,12 +524,23 @@ impl PgStore {
                     // The head, waiting for a settle of it under way rather than skipping it.
                     query(&tx, sql::CLAIM_HEAD, &[&rows::i(num)]).await?
                 } else {
-                    query(
+                    // A dead node's claims first, once their lease has run out: behind a backlog
+                    // they would otherwise wait for every delivery due before their lease's end.
+                    let mut rows = query(
                         &tx,
-                        sql::CLAIM_DUE,
+                        sql::CLAIM_TAKEOVER,
                         &[&rows::i(num), &now, &(limit + SKIP_READ)],
                     )
-                    .await?
+                    .await?;
+                    rows.extend(
+                        query(
+                            &tx,
+                            sql::CLAIM_DUE,
+                            &[&rows::i(num), &now, &(limit + SKIP_READ)],
+                        )
+                        .await?,
+                    );
+                    rows
                 };
                 let mut take: Vec<(Delivery, bool)> = Vec::new();
                 let mut left_waiting = false;

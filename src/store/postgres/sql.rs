@@ -178,10 +178,17 @@ pub const CLAIM_HEAD: &str = "SELECT d.seq, d.event_seq, d.endpoint_num, d.statu
      d.attempts::text, d.attempts_before_redrive, d.created_at_ms, d.retry \
      FROM deliveries d WHERE d.endpoint_num = $1 AND d.status = 0 ORDER BY d.seq LIMIT 1 \
      FOR UPDATE";
+/// Due deliveries no node has a claim on (an expired claim is [`CLAIM_TAKEOVER`]'s).
 pub const CLAIM_DUE: &str = "SELECT d.seq, d.event_seq, d.endpoint_num, d.status, d.due_ms, \
      d.attempts::text, d.attempts_before_redrive, d.created_at_ms, d.retry \
      FROM deliveries d WHERE d.endpoint_num = $1 AND d.status = 0 AND d.due_ms <= $2 \
-     ORDER BY d.due_ms, d.seq LIMIT $3 FOR UPDATE SKIP LOCKED";
+     AND d.lease_until_ms IS NULL ORDER BY d.due_ms, d.seq LIMIT $3 FOR UPDATE SKIP LOCKED";
+/// Claims whose lease has run out (their node died or stalled), oldest lease first.
+pub const CLAIM_TAKEOVER: &str = "SELECT d.seq, d.event_seq, d.endpoint_num, d.status, d.due_ms, \
+     d.attempts::text, d.attempts_before_redrive, d.created_at_ms, d.retry \
+     FROM deliveries d WHERE d.endpoint_num = $1 AND d.status = 0 \
+     AND d.lease_until_ms IS NOT NULL AND d.lease_until_ms <= $2 \
+     ORDER BY d.lease_until_ms LIMIT $3 FOR UPDATE SKIP LOCKED";
 pub const CLAIM_TAKE: &str =
     "UPDATE deliveries SET lease_owner = $2, lease_until_ms = $3, due_ms = $3, \
      fence = fence + 1 WHERE seq = ANY($1) RETURNING seq, fence";
