@@ -52,9 +52,16 @@ async fn cli(args: &[&str]) -> Run {
     .into()
 }
 
-/// The admin token file of a TestDaemon (`<tempdir>/db/admin.token`).
+/// The admin token file of a TestDaemon (`<tempdir>/db/admin.token`). On PostgreSQL the token
+/// is in the database: it is handed to the CLI in a file, as the README tells operators to.
 fn token_file(daemon: &TestDaemon) -> PathBuf {
-    daemon.config.storage.dir.join("admin.token")
+    let own = daemon.config.storage.dir.join("admin.token");
+    if !on_postgres() {
+        return own;
+    }
+    let given = daemon.dir.path().join("cli.token");
+    std::fs::write(&given, &daemon.token).unwrap();
+    given
 }
 
 /// `args` followed by `--url http://<daemon> --token-file <token file>`; `endpoints add` takes the

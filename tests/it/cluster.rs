@@ -488,7 +488,8 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
     let root = tempfile::tempdir().unwrap();
     let (cluster, url, mut nodes, token) = start_nodes(root.path(), &["n1", "n2", "n3"]).await;
     let cluster = Arc::new(Mutex::new(cluster));
-    let rx = Rx::start(5, Duration::ZERO).await;
+    // Answers take 20 ms, so that a node has attempts in flight when it is killed.
+    let rx = Rx::start(5, Duration::from_millis(20)).await;
     endpoint(&nodes[0], &token, &rx, MAIN, "/a", false, 64).await;
     endpoint(&nodes[1], &token, &rx, ORDERED, "/o", true, 1).await;
     // Every node reloads its endpoints on NOTIFY; give it a moment before posting.
@@ -746,7 +747,7 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
                     node.name,
                     match u {
                         Some((from, to)) => format!(
-                            "503 from {:.1?} to {:.1?} after the restart began",
+                            "503 from {:.1?} to {:.1?} after the producers started",
                             from.saturating_duration_since(started),
                             to.saturating_duration_since(started)
                         ),

@@ -130,6 +130,7 @@ fn assert_refusal(status: StatusCode, headers: &http::HeaderMap, body: &[u8], co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_disk_pauses_without_resends_and_recovers_without_restart() {
+    sled_only!("a full disk and storage.max_bytes are about sled's directory");
     let Some(fs) = Tmpfs::mount("full_disk", 64) else {
         return;
     };
@@ -241,12 +242,14 @@ async fn full_disk_pauses_without_resends_and_recovers_without_restart() {
 /// The limit below the free space (32 MiB on 48 MiB): ingest stops before ENOSPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_bytes_stops_ingest_before_the_disk_fills_and_deliveries_go_on() {
+    sled_only!("a full disk and storage.max_bytes are about sled's directory");
     max_bytes_case("max_bytes_32_on_48", 32, 48).await;
 }
 
 /// A small limit (16 MiB) is not overshot by several times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_max_bytes_is_not_overshot() {
+    sled_only!("a full disk and storage.max_bytes are about sled's directory");
     max_bytes_case("max_bytes_16_on_64", 16, 64).await;
 }
 
@@ -363,6 +366,7 @@ async fn max_bytes_case(name: &str, max_mib: u64, fs_mib: u64) {
 /// event is there, both those acknowledged before the disk filled and those after the reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_events_survive_a_full_disk_a_reopen_and_sigkill() {
+    sled_only!("a full disk and storage.max_bytes are about sled's directory");
     use crate::crash::{request, Daemon, Settings};
     let Some(fs) = Tmpfs::mount("full_disk_sigkill", 64) else {
         return;

@@ -320,21 +320,25 @@ async fn a_damaged_store(how: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_truncated_to_half_is_refused_checked_and_accepted() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     a_damaged_store("half").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_filled_with_zeros_is_refused_checked_and_accepted() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     a_damaged_store("zeros").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_truncated_to_nothing_is_refused_checked_and_accepted() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     a_damaged_store("empty").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_with_a_flipped_byte_is_refused_checked_and_accepted() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     a_damaged_store("flip").await;
 }
 
@@ -342,6 +346,7 @@ async fn a_store_with_a_flipped_byte_is_refused_checked_and_accepted() {
 /// endpoint's signing secret), and stay so through `compact`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_is_private_whatever_the_umask() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (child, client) = serve(dir, &[]).await.unwrap();
@@ -412,6 +417,7 @@ fn sled_bytes(store: &Path) -> u64 {
 /// letters and pending deliveries. `compact` must give space back and keep everything readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_gives_space_back_and_keeps_everything() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ok = TestReceiver::start().await;
@@ -604,6 +610,7 @@ async fn compact_gives_space_back_and_keeps_everything() {
 /// shortens the log at start: sled reads it lazily. `check` reads everything and finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_finds_a_damaged_record_that_sled_reads_lazily() {
+    sled_only!("damage to sled's files, its watermark, `check` and `compact`");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     filled(dir).await;

@@ -130,6 +130,7 @@ fn with_key(key: Option<PathBuf>, previous: Option<PathBuf>) -> impl FnOnce(&mut
 /// The same steps without a key find the secret in the files: the search can see one.
 #[tokio::test]
 async fn with_a_master_key_no_store_file_holds_a_secret() {
+    sled_only!("it searches sled's files for the secret");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), "master_key", 0x5a);
     for encrypted in [true, false] {
@@ -175,6 +176,7 @@ async fn with_a_master_key_no_store_file_holds_a_secret() {
 /// `compact` (which drops the older copies sled's log still holds) no file holds the secret.
 #[tokio::test]
 async fn a_clear_store_is_encrypted_when_a_key_is_given() {
+    sled_only!("it reads the secret as stored in sled's files");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), "master_key", 0x11);
     let receiver = TestReceiver::start().await;
@@ -249,6 +251,7 @@ async fn run_to_error(config: Config) -> String {
 /// serving anything.
 #[tokio::test]
 async fn a_missing_wrong_or_malformed_key_stops_the_binary() {
+    sled_only!("it starts the binary on the sled directory the daemon wrote");
     let keys = tempfile::tempdir().unwrap();
     let key = key_file(keys.path(), "master_key", 0x33);
     let wrong = key_file(keys.path(), "wrong_key", 0x34);

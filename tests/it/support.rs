@@ -67,6 +67,18 @@ macro_rules! sled_only {
 }
 pub(crate) use sled_only;
 
+/// Returns early on PostgreSQL from a test of something that backend does not do yet, naming
+/// it. Each use is a known gap, to be removed with it.
+macro_rules! not_yet_on_postgres {
+    ($what:expr) => {
+        if $crate::support::on_postgres() {
+            eprintln!("not yet on postgres, skipped: {}", $what);
+            return;
+        }
+    };
+}
+pub(crate) use not_yet_on_postgres;
+
 /// The `[storage]` table for a real binary's config file in `dir`, on the backend of the run: on
 /// PostgreSQL a fresh database, made the first time and kept in `<dir>/pg.url` so a restart on
 /// the same directory finds the same data.
