@@ -189,7 +189,13 @@ async fn claims_of(url: &str, node: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn api(addr: SocketAddr, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+async fn api(
+    addr: SocketAddr,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     request(addr, method, path, Some(token), body)
         .await
         .unwrap_or_else(|e| panic!("{path} on {addr}: {e}"))
@@ -210,8 +216,10 @@ async fn endpoint(
         token,
         Method::POST,
         "/v1/endpoints",
-        Some(json!({"partner_id": partner, "environment": "production", "url": rx.url(path),
-                    "event_types": ["*"], "ordered": ordered, "max_in_flight": max_in_flight})),
+        Some(
+            json!({"partner_id": partner, "environment": "production", "url": rx.url(path),
+                    "event_types": ["*"], "ordered": ordered, "max_in_flight": max_in_flight}),
+        ),
     )
     .await;
     assert_eq!(code, StatusCode::CREATED, "{ep}");
@@ -423,7 +431,10 @@ async fn post_until_acked(
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(Instant::now() < deadline, "{ids:?} not acknowledged within 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "{ids:?} not acknowledged within 120 s"
+        );
         let addr = targets.pick();
         match request(addr, Method::POST, path, Some(token), Some(body.clone())).await {
             Ok((StatusCode::ACCEPTED | StatusCode::OK, answer)) => {
@@ -432,13 +443,20 @@ async fn post_until_acked(
                     Some(results) => {
                         for (r, id) in results.iter().zip(ids) {
                             if r["outcome"] == "accepted" || r["outcome"] == "duplicate" {
-                                l.acked.entry(partner.to_string()).or_default().push(id.clone());
+                                l.acked
+                                    .entry(partner.to_string())
+                                    .or_default()
+                                    .push(id.clone());
                             } else {
                                 l.unexpected.push(format!("{id} on {addr}: {r}"));
                             }
                         }
                     }
-                    None => l.acked.entry(partner.to_string()).or_default().push(ids[0].clone()),
+                    None => l
+                        .acked
+                        .entry(partner.to_string())
+                        .or_default()
+                        .push(ids[0].clone()),
                 }
                 return;
             }
@@ -549,7 +567,14 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
     }
 
     // Half way: the disruption.
-    let acked = |l: &Mutex<Ledger>| l.lock().unwrap().acked.values().map(Vec::len).sum::<usize>();
+    let acked = |l: &Mutex<Ledger>| {
+        l.lock()
+            .unwrap()
+            .acked
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
     wait_until(Duration::from_secs(600), || acked(&ledger) >= total / 2).await;
     let mut killed: Option<(Instant, Vec<(String, String)>)> = None;
     let mut restart_took = Duration::ZERO;
@@ -609,7 +634,10 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let delivered = rx.successes();
-        let missing = expected.iter().filter(|k| !delivered.contains_key(*k)).count();
+        let missing = expected
+            .iter()
+            .filter(|k| !delivered.contains_key(*k))
+            .count();
         if missing == 0 {
             break;
         }
@@ -703,7 +731,11 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
                     "{d:?} delivered twice but the dead node had no claim on it"
                 );
             }
-            assert!(extra <= claimed.len(), "{extra} duplicates, {} claims", claimed.len());
+            assert!(
+                extra <= claimed.len(),
+                "{extra} duplicates, {} claims",
+                claimed.len()
+            );
             assert!(claimed.len() <= NODE_IN_FLIGHT, "{} claims", claimed.len());
             // Failover: from the SIGKILL to the next attempt of each of its claims.
             let hits = rx.hits();
@@ -738,7 +770,10 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(rows as usize, total, "acknowledged events missing from the database");
+            assert_eq!(
+                rows as usize, total,
+                "acknowledged events missing from the database"
+            );
             // Every node recovered by itself: healthy now, and each takes a new event.
             for (node, u) in nodes.iter().zip(&unhealthy) {
                 assert_eq!(node.healthz().await, Some(StatusCode::OK), "{}", node.name);
@@ -760,8 +795,10 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
                     &token,
                     Method::POST,
                     "/v1/events",
-                    Some(json!({"partner_id": MAIN, "environment": "production", "id": id,
-                                "type": "audit.completed", "data": {}})),
+                    Some(
+                        json!({"partner_id": MAIN, "environment": "production", "id": id,
+                                "type": "audit.completed", "data": {}}),
+                    ),
                 )
                 .await;
                 assert_eq!(code, StatusCode::ACCEPTED, "{}: {body}", node.name);
@@ -827,18 +864,33 @@ async fn two_nodes_racing_on_the_same_ids_store_and_deliver_each_once() {
     let ids: Vec<String> = (0..1000).map(|i| format!("race-{i:04}")).collect();
     let mut both_new = Vec::new();
     for chunk in ids.chunks(16) {
-        let pairs: Vec<_> = chunk.iter().map(|id| {
-            let (token, id) = (token.clone(), id.clone());
-            tokio::spawn(async move {
-                let event = json!({"partner_id": MAIN, "environment": "production", "id": id,
+        let pairs: Vec<_> = chunk
+            .iter()
+            .map(|id| {
+                let (token, id) = (token.clone(), id.clone());
+                tokio::spawn(async move {
+                    let event = json!({"partner_id": MAIN, "environment": "production", "id": id,
                                    "type": "audit.completed", "data": {"id": id}});
-                let (x, y) = tokio::join!(
-                    request(a, Method::POST, "/v1/events", Some(&token), Some(event.clone())),
-                    request(b, Method::POST, "/v1/events", Some(&token), Some(event.clone())),
-                );
-                (id, x.expect("node r1 answers"), y.expect("node r2 answers"))
+                    let (x, y) = tokio::join!(
+                        request(
+                            a,
+                            Method::POST,
+                            "/v1/events",
+                            Some(&token),
+                            Some(event.clone())
+                        ),
+                        request(
+                            b,
+                            Method::POST,
+                            "/v1/events",
+                            Some(&token),
+                            Some(event.clone())
+                        ),
+                    );
+                    (id, x.expect("node r1 answers"), y.expect("node r2 answers"))
+                })
             })
-        }).collect();
+            .collect();
         for pair in pairs {
             let (id, (cx, bx), (cy, by)) = pair.await.unwrap();
             let mut answers = [(cx, bx["duplicate"].clone()), (cy, by["duplicate"].clone())];
@@ -898,8 +950,10 @@ async fn a_killed_nodes_claims_are_attempted_again_within_lease_plus_two_seconds
             &token,
             Method::POST,
             "/v1/events",
-            Some(json!({"partner_id": MAIN, "environment": "production", "id": format!("f-{i}"),
-                        "type": "audit.completed", "data": {}})),
+            Some(
+                json!({"partner_id": MAIN, "environment": "production", "id": format!("f-{i}"),
+                        "type": "audit.completed", "data": {}}),
+            ),
         )
         .await;
         assert_eq!(code, StatusCode::ACCEPTED, "{body}");

@@ -112,7 +112,9 @@ pub const TEST_LEASE: Duration = Duration::from_secs(10);
 /// The admin token of a daemon on PostgreSQL: generated once into the database (contract
 /// section 8) by the first node; `None` until it is there.
 pub async fn pg_admin_token(url: &str) -> Option<String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.ok()?;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
     tokio::spawn(conn);
     let row = client
         .query_opt("SELECT value FROM settings WHERE name = 'admin_token'", &[])

@@ -185,20 +185,18 @@ impl PgCluster {
             data = self.data(),
             dir = self.dir.path().display()
         );
-        let mut cmd = if Path::new("/usr/bin/setsid").exists() {
-            let mut c = Command::new("/usr/bin/setsid");
-            c.arg("sh");
-            c
-        } else {
-            Command::new("sh")
-        };
-        cmd.arg("-c")
-            .arg(script)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+        // Detached (its own session, when setsid is there) so that a Ctrl-C of the tests does not
+        // stop it before it has done its work; the shell that starts it returns at once.
+        let started = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "(command -v setsid >/dev/null && exec setsid sh -c \"$WATCHDOG\" \
+                 || exec sh -c \"$WATCHDOG\") </dev/null >/dev/null 2>&1 &",
+            )
+            .env("WATCHDOG", script)
+            .status()
             .expect("start the cluster's watchdog");
+        assert!(started.success(), "the cluster's watchdog did not start");
     }
 
     /// The socket directory (the `host` of a connection string).
