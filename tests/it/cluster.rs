@@ -580,9 +580,18 @@ async fn three_nodes_under_load(disruption: Disruption, total: usize) {
     let mut restart_took = Duration::ZERO;
     match disruption {
         Disruption::KillNode => {
-            let victim = nodes.pop().unwrap();
+            let mut victim = nodes.pop().unwrap();
+            // Killed while it holds claims, so that there is something to take over.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while claims_of(&url, &victim.name).await.is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never held a claim",
+                    victim.name
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             targets.remove(victim.addr);
-            let mut victim = victim;
             victim.kill9();
             let at = Instant::now();
             // The dead node's claims: what it had in flight, as the database has it.
