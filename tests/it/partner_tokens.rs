@@ -785,7 +785,13 @@ async fn tokens_and_revocations_survive_sigkill() {
         let bytes: Vec<u8> = (0..32)
             .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
             .collect();
-        for file in walk(&dir.path().join("db")) {
+        // sled's files; on PostgreSQL the suite's database has no files of its own to search.
+        let files = if on_postgres() {
+            Vec::new()
+        } else {
+            walk(&dir.path().join("db"))
+        };
+        for file in files {
             let content = std::fs::read(&file).unwrap();
             for needle in [text.as_bytes(), hex.as_bytes(), &bytes[..]] {
                 assert!(

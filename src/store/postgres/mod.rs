@@ -501,9 +501,23 @@ impl PgStore {
         .await
     }
 
-    /// Pending deliveries (including those under way) of one endpoint.
+    /// Pending deliveries of one endpoint: those under way on this node included (the scheduler
+    /// takes its own off), those under way on another node not.
     pub async fn endpoint_pending(&self, num: u64) -> Result<u64, StoreError> {
-        self.count(sql::ENDPOINT_PENDING, rows::i(num)).await
+        let now = rows::i(crate::api::now_ms());
+        self.timed(async {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    sql::ENDPOINT_PENDING,
+                    &[&rows::i(num), &now, &self.inner.node],
+                )
+                .await
+                .map_err(db_error)?;
+            Ok(rows::u(row.get(0)))
+        })
+        .await
     }
 
     async fn count(&self, query: &str, arg: i64) -> Result<u64, StoreError> {

@@ -97,8 +97,10 @@ pub const ENDPOINTS_HEALTH_UPDATE: &str = "UPDATE endpoints e SET consecutive_fa
      FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], \
      $7::text[], $8::bool[], $9::text[]) AS u(num, cf, code, ok_at, fail_at, since, err, enabled, reason) \
      WHERE e.num = u.num";
-pub const ENDPOINT_PENDING: &str =
-    "SELECT count(*) FROM deliveries WHERE endpoint_num = $1 AND status = 0";
+/// Pending deliveries of one endpoint, leaving out attempts under way on other nodes (unexpired
+/// claims not `$3`'s); this node's own are counted, its scheduler takes them off.
+pub const ENDPOINT_PENDING: &str = "SELECT count(*) FROM deliveries WHERE endpoint_num = $1 \
+     AND status = 0 AND NOT coalesce(lease_until_ms > $2 AND lease_owner <> $3, false)";
 
 // Events.
 
