@@ -58,6 +58,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Copy the stopped daemon's sled store into an empty PostgreSQL database, then print what was copied.
+    Migrate {
+        /// The PostgreSQL connection string to copy into (`postgres://user@host/db` or `host=... dbname=...`).
+        #[arg(long = "to-postgres", value_name = "URL")]
+        to_postgres: String,
+        /// The daemon's config file: `storage.dir` says which store, the master key opens its secrets.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the headers a delivery of the body on stdin would carry.
     Sign {
         #[arg(long)]
@@ -112,6 +121,19 @@ fn main() -> ExitCode {
             clear_damage_mark,
         } => check(config, clear_damage_mark),
         Command::Compact { config } => compact(config),
+        Command::Migrate {
+            to_postgres,
+            config,
+        } => match preflix_webhookd::cli::migrate::run(config.as_deref(), &to_postgres) {
+            Ok(copied) => {
+                print!("{}", preflix_webhookd::cli::migrate::report(&copied));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("preflix-webhookd migrate: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Sign {
             secret,
             id,

@@ -1,3 +1,4 @@
 //! Command-line subcommands that are not the daemon itself.
 pub mod admin;
+pub mod migrate;
 pub mod partner;

@@ -30,6 +30,7 @@
 mod partners;
 pub mod postgres;
 pub mod sled;
+pub mod transfer;
 
 #[doc(hidden)]
 pub mod contract;

@@ -10,6 +10,7 @@
 //!   unavailable within a second of the database going away, clears it when it is back) with the
 //!   node heartbeat, and the leader session (`pg_try_advisory_lock`, lost with its connection).
 
+pub mod import;
 mod ops;
 mod partners;
 mod rows;

@@ -309,3 +309,34 @@ pub const STATS_OF_ENDPOINT: &str = "SELECT hour, succeeded, failed, latency FRO
      WHERE endpoint_num = $1 AND hour BETWEEN $2 AND $3 ORDER BY hour";
 pub const STATS_PURGE: &str = "DELETE FROM endpoint_stats s WHERE s.hour < $1 \
      OR NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.num = s.endpoint_num)";
+// Migration from sled (`preflix-webhookd migrate --to-postgres`): rows copied with their numbers.
+
+/// What the database already holds of what a migration copies; all zero means empty.
+pub const IMPORT_HELD: &str =
+    "SELECT (SELECT count(*) FROM endpoints), (SELECT count(*) FROM events), \
+     (SELECT count(*) FROM deliveries), (SELECT count(*) FROM dead_letters)";
+pub const IMPORT_ENDPOINT: &str = "INSERT INTO endpoints (num, partner_id, environment, url, event_types, \
+     description, headers, ordered, max_in_flight, rate_limit_per_second, enabled, disabled_reason, \
+     created_at_ms, secrets, consecutive_failures, last_status_code, last_success_at_ms, \
+     last_failure_at_ms, failing_since_ms, last_error) VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, \
+     $7::text::jsonb, $8, $9, $10, $11, $12, $13, $14::text::jsonb, $15, $16, $17, $18, $19, $20)";
+pub const IMPORT_EVENTS: &str = "INSERT INTO events (seq, id, partner_id, environment, event_type, \
+     created_at, received_at_ms, payload, content_hash, deliveries) SELECT * FROM unnest($1::bigint[], \
+     $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bytea[], \
+     $9::bytea[], $10::int[])";
+pub const IMPORT_DELIVERIES: &str = "INSERT INTO deliveries (seq, event_seq, endpoint_num, status, due_ms, \
+     retry, attempts, attempts_before_redrive, created_at_ms) SELECT s, e, n, st, d, r, a::jsonb, b, c \
+     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[], $5::bigint[], $6::bool[], \
+     $7::text[], $8::int[], $9::bigint[]) AS u(s, e, n, st, d, r, a, b, c)";
+pub const IMPORT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (seq, delivery_seq, event_seq, \
+     endpoint_num, attempts, last_status_code, last_error, first_attempt_at_ms, dead_at_ms, reason) \
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::int[], \
+     $6::int[], $7::text[], $8::bigint[], $9::bigint[], $10::text[])";
+/// Every sequence past the highest number copied ($1: the last one handed out).
+pub const IMPORT_SEQUENCES: &str = "SELECT setval('event_seq', $1), setval('delivery_seq', $1), \
+     setval('endpoint_seq', $1), setval('dead_letter_seq', $1)";
+/// The copied store's running totals, as a counters row of their own (`/status` sums the rows).
+pub const IMPORT_COUNTERS: &str = "INSERT INTO counters (node, events, deliveries_created, \
+     deliveries_succeeded, deliveries_dead, deliveries_cancelled, attempts_failed, \
+     attempts_succeeded, pending, retrying, dead_letters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+     $9, $10, $11)";

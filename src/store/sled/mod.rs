@@ -29,6 +29,7 @@ mod check;
 mod claims;
 pub mod codec;
 mod compact;
+pub mod export;
 mod files;
 pub mod health;
 mod idfilter;

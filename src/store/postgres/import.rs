@@ -1,0 +1,281 @@
+//! Filling an empty database from another store (`preflix-webhookd migrate --to-postgres`): every
+//! row copied with its number, in one transaction, so a failed migration leaves the database as
+//! it was and can simply be run again.
+
+use super::{db_error, rows, sql};
+use crate::model::{DeliveryStatus, Environment};
+use crate::store::transfer::{Copied, ExportSource, ExportedEvent};
+use crate::store::{MasterKeys, StoreError};
+use tokio_postgres::NoTls;
+
+/// Events (with their deliveries) and dead letters copied per statement.
+const PAGE: usize = 1000;
+
+/// The name of the counters row holding the copied store's totals.
+pub const COUNTERS_ROW: &str = "migrated-from-sled";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The database already holds endpoints, events, deliveries or dead letters.
+    #[error("{0}")]
+    NotEmpty(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn env_text(e: Environment) -> &'static str {
+    e.as_str()
+}
+
+/// Connects to `url`, brings the schema up to date, and copies everything `src` holds into the
+/// database, in one transaction, refusing a database that is not empty. Endpoint secrets are sealed
+/// with `keys.current` (in the clear without one), as the daemon would write them.
+pub async fn import(
+    url: &str,
+    keys: &MasterKeys,
+    src: &dyn ExportSource,
+) -> Result<Copied, ImportError> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        StoreError::Database(format!(
+            "the URL is not a PostgreSQL connection string: {e}"
+        ))
+    })?;
+    let (mut client, connection) = tokio::time::timeout(super::OP_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
+        .map_err(db_error)?;
+    let driver = tokio::spawn(connection);
+    super::schema::migrate(&mut client).await?;
+    let copied = copy(&mut client, keys, src).await;
+    drop(client);
+    let _ = driver.await;
+    copied
+}
+
+async fn copy(
+    client: &mut tokio_postgres::Client,
+    keys: &MasterKeys,
+    src: &dyn ExportSource,
+) -> Result<Copied, ImportError> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    // Two migrations into one database take turns; the second then finds it not empty.
+    tx.execute(sql::MIGRATE_LOCK, &[&sql::LOCK_MIGRATE])
+        .await
+        .map_err(db_error)?;
+    let held = tx
+        .query_one(sql::IMPORT_HELD, &[])
+        .await
+        .map_err(db_error)?;
+    let held: Vec<i64> = (0..4).map(|i| held.get(i)).collect();
+    if held.iter().any(|&n| n > 0) {
+        return Err(ImportError::NotEmpty(format!(
+            "the database is not empty ({} endpoints, {} events, {} deliveries, {} dead letters): \
+             migrate copies into an empty database only; nothing was copied",
+            held[0], held[1], held[2], held[3]
+        )));
+    }
+    let mut copied = Copied::default();
+
+    for ex in src.endpoints()? {
+        let ep = &ex.endpoint;
+        let json = rows::endpoint_json(ep, keys);
+        let h = &ex.health;
+        tx.execute(
+            sql::IMPORT_ENDPOINT,
+            &[
+                &rows::i(ep.num),
+                &ep.partner_id,
+                &env_text(ep.environment),
+                &ep.url,
+                &json.event_types,
+                &ep.description,
+                &json.headers,
+                &ep.ordered,
+                &(ep.max_in_flight.min(i32::MAX as u32) as i32),
+                &ep.rate_limit_per_second
+                    .map(|r| r.min(i32::MAX as u32) as i32),
+                &ep.enabled,
+                &ep.disabled_reason,
+                &rows::i(ep.created_at_ms),
+                &json.secrets,
+                &(h.consecutive_failures.min(i32::MAX as u32) as i32),
+                &h.last_status_code.map(i32::from),
+                &h.last_success_at_ms.map(rows::i),
+                &h.last_failure_at_ms.map(rows::i),
+                &h.failing_since_ms.map(rows::i),
+                &h.last_error,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        copied.endpoints += 1;
+    }
+
+    let mut after = 0;
+    loop {
+        let page = src.events_after(after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.event.seq;
+        insert_events(&tx, &page, &mut copied).await?;
+    }
+
+    let mut after = 0;
+    loop {
+        let page = src.dead_letters_after(after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        let mut c: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i32>) = Default::default();
+        let mut d: (
+            Vec<Option<i32>>,
+            Vec<Option<String>>,
+            Vec<Option<i64>>,
+            Vec<i64>,
+        ) = Default::default();
+        let mut reasons: Vec<&str> = Vec::new();
+        for dl in &page {
+            c.0.push(rows::i(dl.seq));
+            c.1.push(rows::i(dl.delivery_seq));
+            c.2.push(rows::i(dl.event_seq));
+            c.3.push(rows::i(dl.endpoint_num));
+            c.4.push(dl.attempts.min(i32::MAX as u32) as i32);
+            d.0.push(dl.last_status_code.map(i32::from));
+            d.1.push(dl.last_error.clone());
+            d.2.push(dl.first_attempt_at_ms.map(rows::i));
+            d.3.push(rows::i(dl.dead_at_ms));
+            reasons.push(rows::reason_text(dl.reason));
+        }
+        tx.execute(
+            sql::IMPORT_DEAD_LETTERS,
+            &[
+                &c.0, &c.1, &c.2, &c.3, &c.4, &d.0, &d.1, &d.2, &d.3, &reasons,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        copied.dead_letters += page.len() as u64;
+    }
+
+    let last_number = rows::i(src.next_number().max(1));
+    tx.query_one(sql::IMPORT_SEQUENCES, &[&last_number])
+        .await
+        .map_err(db_error)?;
+    let t = src.totals();
+    let n = |v: u64| rows::i(v);
+    tx.execute(
+        sql::IMPORT_COUNTERS,
+        &[
+            &COUNTERS_ROW,
+            &n(t.events),
+            &n(t.deliveries_created),
+            &n(t.deliveries_succeeded),
+            &n(t.deliveries_dead),
+            &n(t.deliveries_cancelled),
+            &n(t.attempts_failed),
+            &n(t.attempts_succeeded),
+            &n(t.pending),
+            &n(t.retrying),
+            &n(t.dead_letters),
+        ],
+    )
+    .await
+    .map_err(db_error)?;
+    // Nodes already running on this database (there should be none) reload and look for work.
+    for channel in [sql::CHANNEL_ENDPOINTS, sql::CHANNEL_DUE] {
+        tx.execute(sql::NOTIFY, &[&channel])
+            .await
+            .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(copied)
+}
+
+async fn insert_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    page: &[ExportedEvent],
+    copied: &mut Copied,
+) -> Result<(), StoreError> {
+    let mut seq = Vec::with_capacity(page.len());
+    let mut id = Vec::with_capacity(page.len());
+    let mut partner = Vec::with_capacity(page.len());
+    let mut env = Vec::with_capacity(page.len());
+    let mut kind = Vec::with_capacity(page.len());
+    let mut created = Vec::with_capacity(page.len());
+    let mut received = Vec::with_capacity(page.len());
+    let mut payload: Vec<&[u8]> = Vec::with_capacity(page.len());
+    let mut hash: Vec<&[u8]> = Vec::with_capacity(page.len());
+    let mut count = Vec::with_capacity(page.len());
+    let mut d: (
+        Vec<i64>,
+        Vec<i64>,
+        Vec<i64>,
+        Vec<i16>,
+        Vec<Option<i64>>,
+        Vec<bool>,
+    ) = Default::default();
+    let mut attempts: Vec<String> = Vec::new();
+    let mut before: Vec<i32> = Vec::new();
+    let mut d_created: Vec<i64> = Vec::new();
+    for ex in page {
+        let e = &ex.event;
+        seq.push(rows::i(e.seq));
+        id.push(e.id.as_str());
+        partner.push(e.partner_id.as_str());
+        env.push(env_text(e.environment));
+        kind.push(e.event_type.as_str());
+        created.push(e.created_at.as_str());
+        received.push(rows::i(e.received_at_ms));
+        payload.push(&e.payload);
+        hash.push(&e.content_hash[..]);
+        count.push(ex.deliveries_at_ingest.min(i32::MAX as u32) as i32);
+        for x in &ex.deliveries {
+            let del = &x.delivery;
+            d.0.push(rows::i(del.seq));
+            d.1.push(rows::i(del.event_seq));
+            d.2.push(rows::i(del.endpoint_num));
+            d.3.push(rows::status_code(del.status));
+            d.4.push(match del.status {
+                DeliveryStatus::Pending => {
+                    Some(rows::i(del.next_attempt_at_ms.unwrap_or(del.created_at_ms)))
+                }
+                _ => None,
+            });
+            d.5.push(x.retry && del.status == DeliveryStatus::Pending);
+            attempts.push(serde_json::to_string(&del.attempts).expect("attempts serialize"));
+            before.push(del.attempts_before_redrive.min(i32::MAX as u32) as i32);
+            d_created.push(rows::i(del.created_at_ms));
+            copied.deliveries += 1;
+            copied.attempts += del.attempts.len() as u64;
+            match del.status {
+                DeliveryStatus::Pending => {
+                    copied.pending += 1;
+                    if x.retry {
+                        copied.retrying += 1;
+                    }
+                }
+                DeliveryStatus::Succeeded => copied.succeeded += 1,
+                DeliveryStatus::Dead => copied.dead += 1,
+                DeliveryStatus::Cancelled => copied.cancelled += 1,
+            }
+        }
+    }
+    tx.execute(
+        sql::IMPORT_EVENTS,
+        &[
+            &seq, &id, &partner, &env, &kind, &created, &received, &payload, &hash, &count,
+        ],
+    )
+    .await
+    .map_err(db_error)?;
+    if !d.0.is_empty() {
+        tx.execute(
+            sql::IMPORT_DELIVERIES,
+            &[
+                &d.0, &d.1, &d.2, &d.3, &d.4, &d.5, &attempts, &before, &d_created,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    copied.events += page.len() as u64;
+    Ok(())
+}
