@@ -13,6 +13,7 @@ mod health;
 mod input;
 mod intake;
 mod integrity;
+mod migrate_pg;
 mod notifications;
 mod operate;
 mod partition;
