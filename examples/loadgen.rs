@@ -33,6 +33,13 @@
 //!                    /metrics latency, resident memory and restart time, in process and in fresh
 //!                    processes (--runs of them), and raw sled opening the same store
 //!   all              the quick ones, --runs times each (default 3), then a table of medians
+//!   cluster          the daemon as processes of the release binary (`cargo build --release` first):
+//!                    `--backend sled|postgres`, `--nodes N` on one throwaway PostgreSQL cluster
+//!                    (initdb + pg_ctl, fsync on); ingest, delivery and end to end with the load
+//!                    spread round-robin over the nodes, pgbench TPC-B on the same cluster, idle
+//!                    ingest→first attempt told apart by the node that made it, failover after a
+//!                    SIGKILL (`--lease S`, default 5); see examples/loadgen/cluster.rs
+//!   cluster-all      cluster for sled, PostgreSQL 1 node and 2 nodes, --runs times, then medians
 //! ```
 //!
 //! Options: `--events N` (default 100000; million: 1000000), `--conns C` (default 64; batch and
@@ -43,6 +50,13 @@
 //! `--threads T` (the daemon's tokio workers; default: one per core), `--lg-threads T` (client and
 //! receiver workers, each; default 2), `--shared-rt` (client and receiver on the daemon's runtime).
 //! The daemon's warnings go to stderr; `RUST_LOG` changes the level.
+
+#[path = "loadgen/cluster.rs"]
+mod cluster;
+/// The tests' throwaway PostgreSQL cluster, shared with the load generator.
+#[path = "../tests/it/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 /// mimalloc instead of glibc's malloc: sled clones tree nodes on every split and consolidation, and
 /// glibc's allocator took a quarter of the store writer's time (BENCHMARKS.md).
@@ -120,6 +134,18 @@ struct Args {
     /// time is then not told apart from the daemon's).
     #[arg(long)]
     shared_rt: bool,
+    /// cluster: `sled` or `postgres`.
+    #[arg(long, default_value = "sled")]
+    backend: String,
+    /// cluster: daemons on the one database (postgres).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// cluster: `storage.postgres.lease`, seconds.
+    #[arg(long, default_value_t = 5)]
+    lease: u64,
+    /// cluster: how long pgbench's TPC-B runs, seconds.
+    #[arg(long, default_value_t = 20)]
+    pgbench_secs: u64,
 }
 
 type Figures = BTreeMap<String, f64>;
@@ -286,6 +312,8 @@ async fn run(args: Args) -> Result<()> {
         "probe" => return probe(&args).await,
         "probe-sled" => return probe_sled(&args),
         "all" => return all(&args).await,
+        "cluster" => cluster::cluster(&args).await?,
+        "cluster-all" => return cluster::cluster_all(&args).await,
         other => bail!("unknown scenario `{other}`; see the top of examples/loadgen.rs"),
     };
     println!("\nfigures:");
@@ -454,13 +482,29 @@ async fn drive<F>(
 where
     F: Fn(usize) -> Request<Full<Bytes>> + Send + Sync + 'static,
 {
+    drive_nodes(vec![addr], conns, total, move |i, _| make(i), ok).await
+}
+
+/// [`drive`] against several daemons: connection `c` goes to `addrs[c % addrs.len()]`, so the
+/// load is spread round-robin; `make(i, addr)` builds request `i` for the daemon at `addr`.
+async fn drive_nodes<F>(
+    addrs: Vec<SocketAddr>,
+    conns: usize,
+    total: usize,
+    make: F,
+    ok: fn(StatusCode) -> bool,
+) -> Result<LoadReport>
+where
+    F: Fn(usize, SocketAddr) -> Request<Full<Bytes>> + Send + Sync + 'static,
+{
     let make = Arc::new(make);
     let next = Arc::new(AtomicUsize::new(0));
     // Every worker connects first; the clock starts once all are connected.
     let barrier = Arc::new(tokio::sync::Barrier::new(conns + 1));
     let rt = client_rt();
     let mut set = JoinSet::new();
-    for _ in 0..conns {
+    for c in 0..conns {
+        let addr = addrs[c % addrs.len()];
         let make = make.clone();
         let next = next.clone();
         let barrier = barrier.clone();
@@ -476,7 +520,7 @@ where
                     if i >= total {
                         break;
                     }
-                    let req = make(i);
+                    let req = make(i, addr);
                     let t0 = Instant::now();
                     match send(&mut sender, req).await {
                         Ok((status, body)) => {

@@ -147,6 +147,11 @@ impl PgCluster {
         );
     }
 
+    /// A PostgreSQL tool (`pgbench`, `psql`, ...) run as the cluster's owner, without arguments yet.
+    pub fn tool(&self, tool: &str) -> Command {
+        self.command(tool, &[])
+    }
+
     fn command(&self, tool: &str, args: &[&str]) -> Command {
         let path = self.bin.join(tool);
         let mut cmd = if self.as_postgres {
