@@ -72,6 +72,19 @@ pub fn run(config_path: Option<&Path>, url: &str) -> Result<Copied, MigrateError
             }
         }
     })?;
+    // What the sled install generated into its directory, every node of the cluster now shares.
+    let mut settings = Vec::new();
+    for (file, name) in [
+        ("admin.token", "admin_token"),
+        ("notifications.secret", "notifications_secret"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            let value = text.trim();
+            if !value.is_empty() {
+                settings.push((name, value.to_string()));
+            }
+        }
+    }
     let copied = (|| {
         let export = store.export().map_err(|e| MigrateError::Source {
             dir: dir.clone(),
@@ -82,7 +95,7 @@ pub fn run(config_path: Option<&Path>, url: &str) -> Result<Copied, MigrateError
             .build()
             .map_err(|e| MigrateError::Target(StoreError::Io(e)))?;
         runtime
-            .block_on(import::import(url, &keys, &export))
+            .block_on(import::import(url, &keys, &export, &settings))
             .map_err(|e| match e {
                 ImportError::NotEmpty(m) => MigrateError::NotEmpty(m),
                 ImportError::Store(e @ StoreError::Sled(_))
@@ -102,7 +115,8 @@ pub fn report(c: &Copied) -> String {
     format!(
         "copied into PostgreSQL:\n  endpoints     {}\n  events        {}\n  deliveries    {} \
          ({} pending, of which {} retrying; {} succeeded, {} dead, {} cancelled)\n  attempts      {}\n  \
-         dead letters  {}\nstart the daemons with storage.backend = \"postgres\"; keep the sled \
+         dead letters  {}\n  settings      {} (the admin token and notification secret generated into storage.dir, \
+         shared by every node unless a file in the config says otherwise)\nstart the daemons with storage.backend = \"postgres\"; keep the sled \
          directory until they run well\n",
         c.endpoints,
         c.events,
@@ -113,6 +127,7 @@ pub fn report(c: &Copied) -> String {
         c.dead,
         c.cancelled,
         c.attempts,
-        c.dead_letters
+        c.dead_letters,
+        c.settings
     )
 }

@@ -55,4 +55,6 @@ pub struct Copied {
     pub cancelled: u64,
     pub attempts: u64,
     pub dead_letters: u64,
+    /// Cluster-wide settings copied (the generated admin token, the notification secret), by name.
+    pub settings: u64,
 }

@@ -431,9 +431,23 @@ async fn migrate_refuses_a_store_in_use_and_a_database_not_empty() {
     assert_eq!(pg.psql(&url, "SELECT to_regclass('events') IS NULL"), "t");
 
     sled.stop();
+    // An install without `server.token_file` has its generated token in storage.dir: every node
+    // keeps accepting it.
+    std::fs::write(
+        dir.join("db").join("admin.token"),
+        "generated-by-sled-0123456789\n",
+    )
+    .unwrap();
     let out = migrate(dir, &url);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("events        1"), "{}", text(&out));
+    assert_eq!(
+        pg.psql(
+            &url,
+            "SELECT value FROM settings WHERE name = 'admin_token'"
+        ),
+        "generated-by-sled-0123456789"
+    );
 
     // Again into the same database: refused, what is there is left alone.
     let out = migrate(dir, &url);

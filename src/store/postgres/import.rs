@@ -29,11 +29,13 @@ fn env_text(e: Environment) -> &'static str {
 
 /// Connects to `url`, brings the schema up to date, and copies everything `src` holds into the
 /// database, in one transaction, refusing a database that is not empty. Endpoint secrets are sealed
-/// with `keys.current` (in the clear without one), as the daemon would write them.
+/// with `keys.current` (in the clear without one), as the daemon would write them. `settings`
+/// (name, value) go into the table of cluster-wide settings (`admin_token`, `notifications_secret`).
 pub async fn import(
     url: &str,
     keys: &MasterKeys,
     src: &dyn ExportSource,
+    settings: &[(&str, String)],
 ) -> Result<Copied, ImportError> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| {
         StoreError::Database(format!(
@@ -46,7 +48,7 @@ pub async fn import(
         .map_err(db_error)?;
     let driver = tokio::spawn(connection);
     super::schema::migrate(&mut client).await?;
-    let copied = copy(&mut client, keys, src).await;
+    let copied = copy(&mut client, keys, src, settings).await;
     drop(client);
     let _ = driver.await;
     copied
@@ -56,6 +58,7 @@ async fn copy(
     client: &mut tokio_postgres::Client,
     keys: &MasterKeys,
     src: &dyn ExportSource,
+    settings: &[(&str, String)],
 ) -> Result<Copied, ImportError> {
     let tx = client.transaction().await.map_err(db_error)?;
     // Two migrations into one database take turns; the second then finds it not empty.
@@ -179,6 +182,12 @@ async fn copy(
     )
     .await
     .map_err(db_error)?;
+    for (name, value) in settings {
+        tx.execute(sql::IMPORT_SETTING, &[name, value])
+            .await
+            .map_err(db_error)?;
+        copied.settings += 1;
+    }
     // Nodes already running on this database (there should be none) reload and look for work.
     for channel in [sql::CHANNEL_ENDPOINTS, sql::CHANNEL_DUE] {
         tx.execute(sql::NOTIFY, &[&channel])

@@ -340,3 +340,7 @@ pub const IMPORT_COUNTERS: &str = "INSERT INTO counters (node, events, deliverie
      deliveries_succeeded, deliveries_dead, deliveries_cancelled, attempts_failed, \
      attempts_succeeded, pending, retrying, dead_letters) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
      $9, $10, $11)";
+/// A setting the copied install generated (its admin token, its notification secret) replaces one a
+/// node may have generated into this otherwise empty database.
+pub const IMPORT_SETTING: &str = "INSERT INTO settings (name, value) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
