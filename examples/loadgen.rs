@@ -143,6 +143,9 @@ struct Args {
     /// cluster: `storage.postgres.lease`, seconds.
     #[arg(long, default_value_t = 5)]
     lease: u64,
+    /// cluster: how long to wait for every delivery, seconds.
+    #[arg(long, default_value_t = 300)]
+    wait_secs: u64,
     /// cluster: how long pgbench's TPC-B runs, seconds.
     #[arg(long, default_value_t = 20)]
     pgbench_secs: u64,

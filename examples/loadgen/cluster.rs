@@ -521,7 +521,9 @@ async fn deliver_phase(
     let t0 = Instant::now();
     api.patch_endpoint(&ep, json!({"rate_limit_per_second": null}))
         .await?;
-    let all = receiver.wait_for(n as u64, Duration::from_secs(900)).await;
+    let all = receiver
+        .wait_for(n as u64, Duration::from_secs(args.wait_secs))
+        .await;
     let took = t0.elapsed();
     let got = receiver.count() - before;
     let rate = got as f64 / took.as_secs_f64();
@@ -568,8 +570,22 @@ async fn e2e_phase(
     )
     .await?;
     report.print("ingest", 1.0, "events");
-    let all = receiver.wait_for(report.ok, Duration::from_secs(900)).await;
+    let all = receiver
+        .wait_for(report.ok, Duration::from_secs(args.wait_secs))
+        .await;
     let wall = t0.elapsed();
+    if !all {
+        println!(
+            "  TIMEOUT: {} of {} received; /status: {}",
+            receiver.count(),
+            report.ok,
+            cluster
+                .status()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+    }
     let got = receiver.count();
     let eps = got as f64 / wall.as_secs_f64();
     let mut lat: Vec<u32> = receiver
