@@ -115,7 +115,7 @@ pub fn report(c: &Copied) -> String {
     format!(
         "copied into PostgreSQL:\n  endpoints     {}\n  events        {}\n  deliveries    {} \
          ({} pending, of which {} retrying; {} succeeded, {} dead, {} cancelled)\n  attempts      {}\n  \
-         dead letters  {}\n  settings      {} (the admin token and notification secret generated into storage.dir, \
+         dead letters  {}\n  partner tokens {}\n  stats hours   {}\n  settings      {} (the admin token and notification secret generated into storage.dir, \
          shared by every node unless a file in the config says otherwise)\nstart the daemons with storage.backend = \"postgres\"; keep the sled \
          directory until they run well\n",
         c.endpoints,
@@ -128,6 +128,8 @@ pub fn report(c: &Copied) -> String {
         c.cancelled,
         c.attempts,
         c.dead_letters,
+        c.partner_tokens,
+        c.stats_hours,
         c.settings
     )
 }

@@ -1,7 +1,8 @@
 //! Moving a whole store from one backend to another (`preflix-webhookd migrate`): the
 //! backend-neutral form a stopped store is read out in, and what was copied.
 
-use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event};
+use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event, PartnerToken};
+use crate::stats::HourStats;
 use crate::store::{Counters, StoreError};
 
 /// An endpoint with its delivery health. Its secrets are in the clear here (opened with the
@@ -36,6 +37,10 @@ pub trait ExportSource {
     fn events_after(&self, after: u64, limit: usize) -> Result<Vec<ExportedEvent>, StoreError>;
     /// Dead letters with seq greater than `after`, up to `limit`, in seq order.
     fn dead_letters_after(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Every partner token (revoked and expired ones too, until retention removes them).
+    fn partner_tokens(&self) -> Result<Vec<PartnerToken>, StoreError>;
+    /// Endpoint stats as (endpoint num, hour since the epoch, figures), for existing endpoints.
+    fn endpoint_stats(&self) -> Result<Vec<(u64, u64, HourStats)>, StoreError>;
     /// The running totals of `/status`.
     fn totals(&self) -> Counters;
     /// Every number (event, delivery, endpoint, dead letter) the store has handed out is below it.
@@ -55,6 +60,9 @@ pub struct Copied {
     pub cancelled: u64,
     pub attempts: u64,
     pub dead_letters: u64,
+    pub partner_tokens: u64,
+    /// Endpoint stats, in (endpoint, hour) rows.
+    pub stats_hours: u64,
     /// Cluster-wide settings copied (the generated admin token, the notification secret), by name.
     pub settings: u64,
 }

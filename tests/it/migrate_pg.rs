@@ -274,7 +274,7 @@ async fn what_was_pending_in_sled_is_delivered_from_postgres_once() {
     let sled = Node::start(dir, Backend::Sled).await;
     let c = sled.client.clone();
     // One event type per endpoint, so each event goes to one receiver.
-    let (_, up_secret) = endpoint(&c, &up.url("/up"), "audit.completed").await;
+    let (up_id, up_secret) = endpoint(&c, &up.url("/up"), "audit.completed").await;
     let (_, down_secret) = endpoint(&c, &down.url("/down"), "bill.created").await;
     let (gone_id, gone_secret) = endpoint(&c, &gone.url("/gone"), "letter.ready").await;
     for i in 0..6 {
@@ -291,6 +291,11 @@ async fn what_was_pending_in_sled_is_delivered_from_postgres_once() {
         status(&c).await["dead_letters"].as_u64().unwrap_or(0) >= 1
     })
     .await;
+    let (s, token) = c
+        .post("/v1/tokens", json!({"partner_id": PARTNER, "environment": null, "ttl": "30d", "read_only": true, "description": "migrated"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{token}");
+    let partner_token = token["token"].as_str().unwrap().to_string();
     let before = status(&c).await;
     let (_, dl_before) = c.get("/v1/dead-letters").await;
     let (_, event_before) = c.get("/v1/events/evt_down0").await;
@@ -332,6 +337,19 @@ async fn what_was_pending_in_sled_is_delivered_from_postgres_once() {
         after["totals"]["events"], before["totals"]["events"],
         "{after}"
     );
+    // The partner token works on PostgreSQL; the endpoint stats sled counted came along.
+    let (s, eps) = c.with_token(&partner_token).get("/v1/endpoints").await;
+    assert_eq!(s, StatusCode::OK, "{eps}");
+    assert_eq!(eps["endpoints"].as_array().map(Vec::len), Some(3), "{eps}");
+    let (s, stats) = c.get(&format!("/v1/endpoints/{up_id}/stats")).await;
+    assert_eq!(s, StatusCode::OK, "{stats}");
+    let succeeded: u64 = stats["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["succeeded"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(succeeded, 6, "{stats}");
 
     // Attempt 3 of every pending delivery, from PostgreSQL, when it falls due (not before).
     down.wait_for(18, Duration::from_secs(60)).await;

@@ -69,12 +69,12 @@ async fn copy(
         .query_one(sql::IMPORT_HELD, &[])
         .await
         .map_err(db_error)?;
-    let held: Vec<i64> = (0..4).map(|i| held.get(i)).collect();
+    let held: Vec<i64> = (0..5).map(|i| held.get(i)).collect();
     if held.iter().any(|&n| n > 0) {
         return Err(ImportError::NotEmpty(format!(
-            "the database is not empty ({} endpoints, {} events, {} deliveries, {} dead letters): \
-             migrate copies into an empty database only; nothing was copied",
-            held[0], held[1], held[2], held[3]
+            "the database is not empty ({} endpoints, {} events, {} deliveries, {} dead letters, \
+             {} partner tokens): migrate copies into an empty database only; nothing was copied",
+            held[0], held[1], held[2], held[3], held[4]
         )));
     }
     let mut copied = Copied::default();
@@ -156,6 +156,42 @@ async fn copy(
         .await
         .map_err(db_error)?;
         copied.dead_letters += page.len() as u64;
+    }
+
+    for t in src.partner_tokens()? {
+        tx.execute(
+            sql::IMPORT_TOKEN,
+            &[
+                &rows::i(t.num),
+                &&t.hash[..],
+                &t.partner_id,
+                &t.environment.map(env_text),
+                &t.read_only,
+                &t.description,
+                &rows::i(t.created_at_ms),
+                &rows::i(t.expires_at_ms),
+                &t.revoked_at_ms.map(rows::i),
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        copied.partner_tokens += 1;
+    }
+    for (endpoint, hour, figures) in src.endpoint_stats()? {
+        let latency: Vec<i64> = figures.latency.iter().map(|&n| rows::i(n)).collect();
+        tx.execute(
+            sql::IMPORT_STATS,
+            &[
+                &rows::i(endpoint),
+                &rows::i(hour),
+                &rows::i(figures.succeeded),
+                &rows::i(figures.failed),
+                &latency,
+            ],
+        )
+        .await
+        .map_err(db_error)?;
+        copied.stats_hours += 1;
     }
 
     let last_number = rows::i(src.next_number().max(1));

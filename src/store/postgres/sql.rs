@@ -314,7 +314,8 @@ pub const STATS_PURGE: &str = "DELETE FROM endpoint_stats s WHERE s.hour < $1 \
 /// What the database already holds of what a migration copies; all zero means empty.
 pub const IMPORT_HELD: &str =
     "SELECT (SELECT count(*) FROM endpoints), (SELECT count(*) FROM events), \
-     (SELECT count(*) FROM deliveries), (SELECT count(*) FROM dead_letters)";
+     (SELECT count(*) FROM deliveries), (SELECT count(*) FROM dead_letters), \
+     (SELECT count(*) FROM partner_tokens)";
 pub const IMPORT_ENDPOINT: &str = "INSERT INTO endpoints (num, partner_id, environment, url, event_types, \
      description, headers, ordered, max_in_flight, rate_limit_per_second, enabled, disabled_reason, \
      created_at_ms, secrets, consecutive_failures, last_status_code, last_success_at_ms, \
@@ -334,7 +335,13 @@ pub const IMPORT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (seq, delivery_s
      $6::int[], $7::text[], $8::bigint[], $9::bigint[], $10::text[])";
 /// Every sequence past the highest number copied ($1: the last one handed out).
 pub const IMPORT_SEQUENCES: &str = "SELECT setval('event_seq', $1), setval('delivery_seq', $1), \
-     setval('endpoint_seq', $1), setval('dead_letter_seq', $1)";
+     setval('endpoint_seq', $1), setval('dead_letter_seq', $1), setval('token_seq', $1)";
+pub const IMPORT_TOKEN: &str = "INSERT INTO partner_tokens (num, hash, partner_id, environment, \
+     read_only, description, created_at_ms, expires_at_ms, revoked_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub const IMPORT_STATS: &str =
+    "INSERT INTO endpoint_stats (endpoint_num, hour, succeeded, failed, \
+     latency) VALUES ($1, $2, $3, $4, $5)";
 /// The copied store's running totals, as a counters row of their own (`/status` sums the rows).
 pub const IMPORT_COUNTERS: &str = "INSERT INTO counters (node, events, deliveries_created, \
      deliveries_succeeded, deliveries_dead, deliveries_cancelled, attempts_failed, \

@@ -2,7 +2,8 @@
 //! (`preflix-webhookd migrate`). Reads only: nothing here writes to the store.
 
 use super::{codec, SledStore};
-use crate::model::{DeadLetter, DeliveryStatus, EndpointHealth};
+use crate::model::{DeadLetter, DeliveryStatus, EndpointHealth, PartnerToken};
+use crate::stats::HourStats;
 use crate::store::transfer::{ExportSource, ExportedDelivery, ExportedEndpoint, ExportedEvent};
 use crate::store::{Counters, StoreError};
 use std::collections::HashMap;
@@ -87,6 +88,20 @@ impl ExportSource for SledExport {
 
     fn dead_letters_after(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.store.dead_letters(after, limit, |_| true)
+    }
+
+    fn partner_tokens(&self) -> Result<Vec<PartnerToken>, StoreError> {
+        self.store.tokens(None)
+    }
+
+    fn endpoint_stats(&self) -> Result<Vec<(u64, u64, HourStats)>, StoreError> {
+        let mut out = Vec::new();
+        for ep in self.store.endpoints() {
+            for (hour, figures) in self.store.endpoint_stats(ep.num, 0, u64::MAX)? {
+                out.push((ep.num, hour, figures));
+            }
+        }
+        Ok(out)
     }
 
     fn totals(&self) -> Counters {
