@@ -127,30 +127,26 @@ async fn copy(
         let page = src.dead_letters_after(after, PAGE)?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        let mut c: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>, Vec<i32>) = Default::default();
-        let mut d: (
-            Vec<Option<i32>>,
-            Vec<Option<String>>,
-            Vec<Option<i64>>,
-            Vec<i64>,
-        ) = Default::default();
-        let mut reasons: Vec<&str> = Vec::new();
+        let (mut seq, mut delivery, mut event, mut endpoint) = (vec![], vec![], vec![], vec![]);
+        let (mut attempts, mut code, mut error) = (Vec::<i32>::new(), vec![], vec![]);
+        let (mut first, mut dead, mut reasons) = (vec![], vec![], Vec::<&str>::new());
         for dl in &page {
-            c.0.push(rows::i(dl.seq));
-            c.1.push(rows::i(dl.delivery_seq));
-            c.2.push(rows::i(dl.event_seq));
-            c.3.push(rows::i(dl.endpoint_num));
-            c.4.push(dl.attempts.min(i32::MAX as u32) as i32);
-            d.0.push(dl.last_status_code.map(i32::from));
-            d.1.push(dl.last_error.clone());
-            d.2.push(dl.first_attempt_at_ms.map(rows::i));
-            d.3.push(rows::i(dl.dead_at_ms));
+            seq.push(rows::i(dl.seq));
+            delivery.push(rows::i(dl.delivery_seq));
+            event.push(rows::i(dl.event_seq));
+            endpoint.push(rows::i(dl.endpoint_num));
+            attempts.push(dl.attempts.min(i32::MAX as u32) as i32);
+            code.push(dl.last_status_code.map(i32::from));
+            error.push(dl.last_error.clone());
+            first.push(dl.first_attempt_at_ms.map(rows::i));
+            dead.push(rows::i(dl.dead_at_ms));
             reasons.push(rows::reason_text(dl.reason));
         }
         tx.execute(
             sql::IMPORT_DEAD_LETTERS,
             &[
-                &c.0, &c.1, &c.2, &c.3, &c.4, &d.0, &d.1, &d.2, &d.3, &reasons,
+                &seq, &delivery, &event, &endpoint, &attempts, &code, &error, &first, &dead,
+                &reasons,
             ],
         )
         .await
@@ -249,14 +245,8 @@ async fn insert_events(
     let mut payload: Vec<&[u8]> = Vec::with_capacity(page.len());
     let mut hash: Vec<&[u8]> = Vec::with_capacity(page.len());
     let mut count = Vec::with_capacity(page.len());
-    let mut d: (
-        Vec<i64>,
-        Vec<i64>,
-        Vec<i64>,
-        Vec<i16>,
-        Vec<Option<i64>>,
-        Vec<bool>,
-    ) = Default::default();
+    let (mut d_seq, mut d_event, mut d_endpoint) = (Vec::<i64>::new(), vec![], vec![]);
+    let (mut d_status, mut d_due, mut d_retry) = (Vec::<i16>::new(), vec![], Vec::<bool>::new());
     let mut attempts: Vec<String> = Vec::new();
     let mut before: Vec<i32> = Vec::new();
     let mut d_created: Vec<i64> = Vec::new();
@@ -274,17 +264,17 @@ async fn insert_events(
         count.push(ex.deliveries_at_ingest.min(i32::MAX as u32) as i32);
         for x in &ex.deliveries {
             let del = &x.delivery;
-            d.0.push(rows::i(del.seq));
-            d.1.push(rows::i(del.event_seq));
-            d.2.push(rows::i(del.endpoint_num));
-            d.3.push(rows::status_code(del.status));
-            d.4.push(match del.status {
+            d_seq.push(rows::i(del.seq));
+            d_event.push(rows::i(del.event_seq));
+            d_endpoint.push(rows::i(del.endpoint_num));
+            d_status.push(rows::status_code(del.status));
+            d_due.push(match del.status {
                 DeliveryStatus::Pending => {
                     Some(rows::i(del.next_attempt_at_ms.unwrap_or(del.created_at_ms)))
                 }
                 _ => None,
             });
-            d.5.push(x.retry && del.status == DeliveryStatus::Pending);
+            d_retry.push(x.retry && del.status == DeliveryStatus::Pending);
             attempts.push(serde_json::to_string(&del.attempts).expect("attempts serialize"));
             before.push(del.attempts_before_redrive.min(i32::MAX as u32) as i32);
             d_created.push(rows::i(del.created_at_ms));
@@ -311,11 +301,19 @@ async fn insert_events(
     )
     .await
     .map_err(db_error)?;
-    if !d.0.is_empty() {
+    if !d_seq.is_empty() {
         tx.execute(
             sql::IMPORT_DELIVERIES,
             &[
-                &d.0, &d.1, &d.2, &d.3, &d.4, &d.5, &attempts, &before, &d_created,
+                &d_seq,
+                &d_event,
+                &d_endpoint,
+                &d_status,
+                &d_due,
+                &d_retry,
+                &attempts,
+                &before,
+                &d_created,
             ],
         )
         .await
