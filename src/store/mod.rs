@@ -322,6 +322,40 @@ pub struct EventFilter {
 /// The partner id of the operator endpoint; no partner can have it.
 pub const OPERATOR_PARTNER: &str = "@operator";
 
+impl NewEvent {
+    /// A notification to the operator (contract section 10) with the id `id`: its body is the
+    /// same JSON envelope as a partner event's, `{"created_at","id","type","data"}`. Both backends
+    /// make their notifications with it.
+    pub fn notice(id: String, event_type: &str, data: &serde_json::Value, now_ms: u64) -> NewEvent {
+        use sha2::{Digest, Sha256};
+        let created_at = crate::api::time_seconds(now_ms);
+        let data_bytes = serde_json::to_vec(data).expect("a JSON value serializes");
+        let mut payload = serde_json::to_vec(&serde_json::json!({
+            "id": id, "type": event_type, "created_at": created_at,
+        }))
+        .expect("a JSON value serializes");
+        // {"created_at":..,"id":..,"type":..} + ,"data":{...}}
+        payload.pop();
+        payload.extend_from_slice(b",\"data\":");
+        payload.extend_from_slice(&data_bytes);
+        payload.push(b'}');
+        let mut hash = Sha256::new();
+        hash.update(id.as_bytes());
+        hash.update(&data_bytes);
+        NewEvent {
+            id,
+            partner_id: OPERATOR_PARTNER.to_string(),
+            environment: Environment::Production,
+            event_type: event_type.to_string(),
+            created_at,
+            received_at_ms: now_ms,
+            payload,
+            content_hash: hash.finalize().into(),
+            only_endpoint: None,
+        }
+    }
+}
+
 /// What a notification round is told from outside the store.
 #[derive(Debug, Clone, Copy)]
 pub struct NoticeRound {
@@ -744,7 +778,7 @@ impl Store {
     pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.notice_round(round).await,
-            Store::Postgres(_) => Ok(()),
+            Store::Postgres(s) => s.notice_round(round).await,
         }
     }
 }

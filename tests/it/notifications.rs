@@ -30,8 +30,26 @@ fn now_secs() -> i64 {
 }
 
 /// The notifications received so far: (type, data), each checked against the notification secret.
-fn notices(ops: &TestReceiver, daemon: &TestDaemon) -> Vec<(String, Value)> {
-    let text = std::fs::read_to_string(daemon.config.storage.dir.join("notifications.secret"))
+/// The notification secret a daemon generated: a file in `storage.dir` on sled, a setting in the
+/// database (the same for every node) on PostgreSQL; `None` when none was made.
+async fn generated_secret(config: &preflix_webhookd::config::Config) -> Option<String> {
+    match &config.storage.postgres.url {
+        Some(url) if on_postgres() => pg_setting(url, "notifications_secret").await,
+        _ => std::fs::read_to_string(config.storage.dir.join("notifications.secret")).ok(),
+    }
+}
+
+/// [`generated_secret`] of a real binary started on `storage_toml(dir)`.
+async fn generated_secret_in(dir: &std::path::Path) -> Option<String> {
+    match std::fs::read_to_string(dir.join("pg.url")) {
+        Ok(url) if on_postgres() => pg_setting(&url, "notifications_secret").await,
+        _ => std::fs::read_to_string(dir.join("db/notifications.secret")).ok(),
+    }
+}
+
+async fn notices(ops: &TestReceiver, daemon: &TestDaemon) -> Vec<(String, Value)> {
+    let text = generated_secret(&daemon.config)
+        .await
         .expect("the notification secret was generated");
     let verifier = Verifier::new(vec![Secret::parse(&text).unwrap()]);
     ops.received()
@@ -61,13 +79,13 @@ fn of_type(list: &[(String, Value)], t: &str) -> Vec<Value> {
 async fn wait_notice(ops: &TestReceiver, daemon: &TestDaemon, t: &str) -> Value {
     let start = Instant::now();
     loop {
-        if let Some(d) = of_type(&notices(ops, daemon), t).into_iter().next() {
+        if let Some(d) = of_type(&notices(ops, daemon).await, t).into_iter().next() {
             return d;
         }
         assert!(
             start.elapsed() < WAIT,
             "no {t} within {WAIT:?}: {:?}",
-            notices(ops, daemon)
+            notices(ops, daemon).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -79,7 +97,6 @@ async fn wait_notice(ops: &TestReceiver, daemon: &TestDaemon, t: &str) -> Value 
 /// never reach the notification URL.
 #[tokio::test]
 async fn disabled_and_dead_lettered_reach_the_operator_and_never_a_partner() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
     partner.set_default(Answer::status(410));
@@ -151,7 +168,6 @@ async fn disabled_and_dead_lettered_reach_the_operator_and_never_a_partner() {
 /// Many dead letters within the window make one notification with their counts, not one each.
 #[tokio::test]
 async fn dead_letters_are_grouped_at_most_one_notification_per_window() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
     partner.set_default(Answer::status(500));
@@ -180,7 +196,7 @@ async fn dead_letters_are_grouped_at_most_one_notification_per_window() {
     }
     let start = Instant::now();
     let groups = loop {
-        let groups = of_type(&notices(&ops, &daemon), "delivery.dead_lettered");
+        let groups = of_type(&notices(&ops, &daemon).await, "delivery.dead_lettered");
         let total: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
         if total == 12 {
             break groups;
@@ -213,7 +229,6 @@ async fn dead_letters_are_grouped_at_most_one_notification_per_window() {
 /// `endpoint.recovered` at the first success after it.
 #[tokio::test]
 async fn a_failing_spell_is_told_once_across_a_restart_and_its_end_once() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
     partner.set_default(Answer::status(500));
@@ -240,7 +255,7 @@ async fn a_failing_spell_is_told_once_across_a_restart_and_its_end_once() {
     wait_until(WAIT, || partner.count() >= failures + 5).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        of_type(&notices(&ops, &daemon), "endpoint.failing").len(),
+        of_type(&notices(&ops, &daemon).await, "endpoint.failing").len(),
         1
     );
 
@@ -252,7 +267,7 @@ async fn a_failing_spell_is_told_once_across_a_restart_and_its_end_once() {
         "{recovered}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let all = notices(&ops, &daemon);
+    let all = notices(&ops, &daemon).await;
     assert_eq!(of_type(&all, "endpoint.failing").len(), 1, "{all:?}");
     assert_eq!(of_type(&all, "endpoint.recovered").len(), 1, "{all:?}");
 }
@@ -262,7 +277,6 @@ async fn a_failing_spell_is_told_once_across_a_restart_and_its_end_once() {
 /// of their own); once the scheduler runs again, `queue.recovered`.
 #[tokio::test]
 async fn a_stalled_scheduler_is_told_from_the_store_while_it_stalls() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
     let daemon = start(&ops, |c| {
@@ -289,7 +303,10 @@ async fn a_stalled_scheduler_is_told_from_the_store_while_it_stalls() {
     // Still stalled: the partner got nothing, and no second `queue.stalled` follows.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(partner.count(), 0);
-    assert_eq!(of_type(&notices(&ops, &daemon), "queue.stalled").len(), 1);
+    assert_eq!(
+        of_type(&notices(&ops, &daemon).await, "queue.stalled").len(),
+        1
+    );
     pause.store(false, Ordering::SeqCst);
     partner.wait_for(1, WAIT).await;
     let recovered = wait_notice(&ops, &daemon, "queue.recovered").await;
@@ -305,17 +322,11 @@ async fn a_stalled_scheduler_is_told_from_the_store_while_it_stalls() {
 /// a daemon that sent them (its operator endpoint is deleted).
 #[tokio::test]
 async fn notifications_off_make_no_secret_and_send_nothing() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let gone = TestReceiver::start().await;
     gone.set_default(Answer::status(410));
     let mut daemon = start(&ops, |_| {}).await;
-    assert!(daemon
-        .config
-        .storage
-        .dir
-        .join("notifications.secret")
-        .exists());
+    assert!(generated_secret(&daemon.config).await.is_some());
     daemon.config.notifications.url = None;
     daemon.restart().await;
     let c = daemon.client();
@@ -336,18 +347,12 @@ async fn notifications_off_make_no_secret_and_send_nothing() {
     let (_, status) = c.get("/status").await;
     assert_eq!(status["queue"]["pending"], 0, "{status}");
     let other = TestDaemon::start().await;
-    assert!(!other
-        .config
-        .storage
-        .dir
-        .join("notifications.secret")
-        .exists());
+    assert!(generated_secret(&other.config).await.is_none());
 }
 
 /// A notification URL that hangs holds at most its own few slots: partner deliveries go on.
 #[tokio::test]
 async fn a_slow_notification_url_takes_no_capacity_from_partners() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     ops.set_default(Answer::status(200).delay(Duration::from_secs(30)));
     let gone = TestReceiver::start().await;
@@ -391,7 +396,6 @@ async fn a_slow_notification_url_takes_no_capacity_from_partners() {
 /// goes out, and the counts add up to the dead letters, once each.
 #[tokio::test]
 async fn grouped_dead_letters_survive_kill9_inside_the_minute() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     use crate::crash::{Daemon, Settings, DEFAULT_SETTINGS};
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
@@ -434,7 +438,7 @@ async fn grouped_dead_letters_survive_kill9_inside_the_minute() {
     // The second group waits for the end of the minute that began with the first.
     wait_until(Duration::from_secs(120), || ops.count() >= 2).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let secret = std::fs::read_to_string(dir.path().join("db/notifications.secret")).unwrap();
+    let secret = generated_secret_in(dir.path()).await.unwrap();
     let verifier = Verifier::new(vec![Secret::parse(&secret).unwrap()]);
     let mut total = 0;
     for r in ops.received() {
@@ -449,7 +453,6 @@ async fn grouped_dead_letters_survive_kill9_inside_the_minute() {
 /// An endpoint disabled for failing `endpoints.disable_after` is told too, with its reason.
 #[tokio::test]
 async fn disabled_after_failing_too_long_is_told() {
-    not_yet_on_postgres!("operator notifications (store::postgres makes no notice round)");
     let ops = TestReceiver::start().await;
     let partner = TestReceiver::start().await;
     partner.set_default(Answer::status(503));
@@ -479,7 +482,7 @@ async fn disabled_after_failing_too_long_is_told() {
         .await;
     assert_eq!(got["enabled"], false);
     assert_eq!(
-        of_type(&notices(&ops, &daemon), "endpoint.disabled").len(),
+        of_type(&notices(&ops, &daemon).await, "endpoint.disabled").len(),
         1
     );
 }

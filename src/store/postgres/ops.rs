@@ -774,6 +774,7 @@ impl PgStore {
         let mut upd = SettleRows::default();
         let mut dead = DeadRows::default();
         let mut delta = Delta::default();
+        let mut notes = super::notices::SettleNotices::default();
         for job in jobs {
             let s = &job.s;
             let Some((mut d, fence, was_retrying)) = found.remove(&s.claim.delivery.seq) else {
@@ -827,6 +828,9 @@ impl PgStore {
             match s.outcome {
                 SettleOutcome::Succeeded => {
                     upd.push(&d, 1, None, false, attempt);
+                    if health.failing_since_ms.is_some() {
+                        notes.successes.push((d.endpoint_num, now));
+                    }
                     health.consecutive_failures = 0;
                     health.last_success_at_ms = Some(now);
                     health.failing_since_ms = None;
@@ -873,6 +877,12 @@ impl PgStore {
                 if ep.enabled && ep.partner_id != OPERATOR_PARTNER {
                     tracing::info!(endpoint_id = %crate::model::endpoint_id(d.endpoint_num), %reason, "endpoint disabled");
                     ep.enabled = false;
+                    notes.disabled.push((
+                        d.endpoint_num,
+                        reason.clone(),
+                        ep.health.last_status_code,
+                        now,
+                    ));
                     ep.disabled = Some(reason);
                 }
             }
@@ -932,7 +942,7 @@ impl PgStore {
             }
         }
         if !dead.delivery.is_empty() {
-            execute(
+            let written = query(
                 &tx,
                 sql::DEAD_LETTERS_INSERT,
                 &[
@@ -948,7 +958,9 @@ impl PgStore {
                 ],
             )
             .await?;
+            notes.dead_letters = written.iter().map(|r| (r.get(0), r.get(1))).collect();
         }
+        self.settle_notices(&tx, notes).await?;
         stats.apply(&tx).await?;
         delta.apply(&tx, &self.inner.node).await?;
         if !disabled.is_empty() {

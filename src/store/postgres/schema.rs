@@ -12,6 +12,7 @@ use crate::store::StoreError;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_partner_tokens.sql"),
+    include_str!("migrations/0003_notices.sql"),
 ];
 
 /// The schema version this binary writes and reads.

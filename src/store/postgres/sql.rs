@@ -161,7 +161,8 @@ pub const DEAD_LETTERS_INSERT: &str =
     "INSERT INTO dead_letters (seq, delivery_seq, event_seq, endpoint_num, \
      attempts, last_status_code, last_error, first_attempt_at_ms, dead_at_ms, reason) \
      SELECT nextval('dead_letter_seq'), * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
-     $4::int[], $5::int[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])";
+     $4::int[], $5::int[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) \
+     RETURNING endpoint_num, seq";
 pub const DELIVERIES_CANCEL_ENDPOINT: &str = "UPDATE deliveries SET status = 3, due_ms = NULL, \
      lease_owner = NULL, lease_until_ms = NULL WHERE endpoint_num = $1 AND status = 0 RETURNING retry";
 pub const DELIVERY_CANCEL: &str =

@@ -15,10 +15,9 @@ use super::codec::u64_key;
 use super::ops::ingest_one;
 use super::writer::{TreeId, Tx, TxResult};
 use super::{NewEvent, NoticeRound, SledStore, StoreError, OPERATOR_PARTNER};
-use crate::model::{endpoint_id, Endpoint, EndpointHealth, Environment};
+use crate::model::{endpoint_id, Endpoint, EndpointHealth};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Dead-letter ids sampled per endpoint in one `delivery.dead_lettered`.
@@ -91,31 +90,7 @@ pub(super) fn notify(tx: &Tx<'_>, event_type: &str, data: Value, now_ms: u64) ->
         return Ok(());
     }
     let id = format!("ntf_{:016x}", tx.generate_id()?);
-    let created_at = crate::api::time_seconds(now_ms);
-    let data_bytes = serde_json::to_vec(&data).expect("a JSON value serializes");
-    let mut payload = serde_json::to_vec(&json!({
-        "id": id, "type": event_type, "created_at": created_at,
-    }))
-    .expect("a JSON value serializes");
-    // {"created_at":..,"id":..,"type":..} + ,"data":{...}}
-    payload.pop();
-    payload.extend_from_slice(b",\"data\":");
-    payload.extend_from_slice(&data_bytes);
-    payload.push(b'}');
-    let mut hash = Sha256::new();
-    hash.update(id.as_bytes());
-    hash.update(&data_bytes);
-    let event = NewEvent {
-        id,
-        partner_id: OPERATOR_PARTNER.to_string(),
-        environment: Environment::Production,
-        event_type: event_type.to_string(),
-        created_at,
-        received_at_ms: now_ms,
-        payload,
-        content_hash: hash.finalize().into(),
-        only_endpoint: None,
-    };
+    let event = NewEvent::notice(id, event_type, &data, now_ms);
     tracing::info!(r#type = event_type, "operator notification");
     ingest_one(tx, &event).map(|_| ())
 }
