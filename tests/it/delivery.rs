@@ -1507,11 +1507,13 @@ async fn rate_limit_per_second_spaces_attempts() {
         span >= Duration::from_millis(900),
         "10 attempts at 5/s took only {span:?}"
     );
-    // And no second holds more than 5 beyond the first burst.
+    // And no second holds more than 5 beyond the first burst. Times are taken at the receiver, so
+    // the first attempt's own delay (its connection is the first; on PostgreSQL the claim commits
+    // before it is sent) is allowed for: 100 ms, half a token's time.
     for (i, r) in got.iter().enumerate().skip(5) {
         let since = r.at - got[0].at;
         let allowed =
-            Duration::from_millis(200 * (i as u64 - 4)).saturating_sub(Duration::from_millis(50));
+            Duration::from_millis(200 * (i as u64 - 4)).saturating_sub(Duration::from_millis(100));
         assert!(
             since >= allowed,
             "attempt {} came {since:?} after the first",
