@@ -260,6 +260,11 @@ fn serve(path: Option<PathBuf>, accept_data_loss: bool) -> ExitCode {
                     source: preflix_webhookd::store::StoreError::SchemaTooNew(_),
                     ..
                 }) => ExitCode::from(EXIT_CONFIG),
+                // TLS to PostgreSQL as configured cannot work: a setting in the URL to change.
+                Some(preflix_webhookd::RunError::Store {
+                    source: preflix_webhookd::store::StoreError::Tls(_),
+                    ..
+                }) => ExitCode::from(EXIT_CONFIG),
                 Some(run) if run.is_data_error() => {
                     eprintln!(
                         "preflix-webhookd: `preflix-webhookd check` tells what is missing; restore a backup of the store, \

@@ -119,6 +119,7 @@ impl From<StoreError> for ApiError {
             | StoreError::MasterKey(_)
             | StoreError::Damaged { .. }
             | StoreError::SchemaTooNew(_)
+            | StoreError::Tls(_)
             | StoreError::Database(_) => {
                 tracing::error!(error = %e, "storage failure");
                 ApiError::new(

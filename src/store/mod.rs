@@ -81,6 +81,11 @@ pub enum StoreError {
     /// PostgreSQL refused a statement for another reason than being unreachable.
     #[error("{0}")]
     Database(String),
+    /// TLS to PostgreSQL as configured cannot work (certificate refused, `sslrootcert` unreadable,
+    /// TLS asked for and not offered, or demanded by the server under `sslmode=disable`): a
+    /// setting to change, said in the message.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl StoreError {

@@ -6,7 +6,6 @@ use super::{db_error, rows, sql};
 use crate::model::{DeliveryStatus, Environment};
 use crate::store::transfer::{Copied, ExportSource, ExportedEvent};
 use crate::store::{MasterKeys, StoreError};
-use tokio_postgres::NoTls;
 
 /// Events (with their deliveries) and dead letters copied per statement.
 const PAGE: usize = 1000;
@@ -37,15 +36,11 @@ pub async fn import(
     src: &dyn ExportSource,
     settings: &[(&str, String)],
 ) -> Result<Copied, ImportError> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| {
-        StoreError::Database(format!(
-            "the URL is not a PostgreSQL connection string: {e}"
-        ))
-    })?;
-    let (mut client, connection) = tokio::time::timeout(super::OP_TIMEOUT, config.connect(NoTls))
+    let (config, tls) = super::tls::connect_config(url)?;
+    let (mut client, connection) = tokio::time::timeout(super::OP_TIMEOUT, config.connect(tls))
         .await
         .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
-        .map_err(db_error)?;
+        .map_err(super::tls::connect_error)?;
     let driver = tokio::spawn(connection);
     super::schema::migrate(&mut client).await?;
     let copied = copy(&mut client, keys, src, settings).await;

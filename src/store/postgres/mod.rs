@@ -17,6 +17,7 @@ mod partners;
 mod rows;
 pub mod schema;
 pub mod sql;
+pub mod tls;
 
 use crate::model::{DeadLetter, Delivery, Endpoint, EndpointHealth, Event};
 use crate::store::{
@@ -27,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::NoTls;
 
 /// How long an operation waits for a connection, a connect, or the database's answer before it
 /// is answered [`StoreError::Unavailable`]: a few seconds, not a TCP timeout.
@@ -72,6 +72,8 @@ pub struct PgStore {
 struct Inner {
     pool: deadpool_postgres::Pool,
     config: tokio_postgres::Config,
+    /// TLS as `sslmode`/`sslrootcert` ask, for every connection made here.
+    tls: tls::MakeRustls,
     node: String,
     lease_ms: u64,
     keys: MasterKeys,
@@ -129,20 +131,17 @@ impl PgStore {
     /// Connects, brings the schema up to date (or refuses a newer one), loads the endpoints and
     /// starts the background tasks. Needs a tokio runtime.
     pub async fn open(opts: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config = opts.url.parse().map_err(|e| {
-            StoreError::Database(format!(
-                "storage.postgres.url is not a PostgreSQL connection string: {e}"
-            ))
-        })?;
+        let (mut config, tls) = tls::connect_config(&opts.url)?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .application_name("preflix-webhookd");
-        let (mut client, connection) = tokio::time::timeout(OP_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
-            .map_err(db_error)?;
+        let (mut client, connection) =
+            tokio::time::timeout(OP_TIMEOUT, config.connect(tls.clone()))
+                .await
+                .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
+                .map_err(tls::connect_error)?;
         let driver = tokio::spawn(connection);
         schema::migrate(&mut client).await?;
         drop(client);
@@ -150,7 +149,7 @@ impl PgStore {
 
         let manager = deadpool_postgres::Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -169,6 +168,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 config,
+                tls,
                 node: opts.node_name.clone(),
                 lease_ms: opts.lease.as_millis() as u64,
                 keys: opts.keys,
@@ -749,7 +749,7 @@ impl PgStore {
 
     async fn listen_once(&self) -> Result<(), StoreError> {
         let (client, mut connection) =
-            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(NoTls))
+            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(self.inner.tls.clone()))
                 .await
                 .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
                 .map_err(db_error)?;
@@ -805,7 +805,7 @@ impl PgStore {
 
     async fn lead_once(&self) -> Result<(), StoreError> {
         let (client, connection) =
-            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(NoTls))
+            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(self.inner.tls.clone()))
                 .await
                 .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
                 .map_err(db_error)?;

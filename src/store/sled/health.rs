@@ -177,6 +177,7 @@ pub fn classify(e: &StoreError) -> Option<Fault> {
         | StoreError::MasterKey(_)
         | StoreError::Damaged { .. }
         | StoreError::SchemaTooNew(_)
+        | StoreError::Tls(_)
         | StoreError::Database(_) => return None,
     };
     Some(if is_no_space(io) {
