@@ -120,9 +120,10 @@ pub async fn pg_admin_token(url: &str) -> Option<String> {
 /// A setting a daemon keeps in its PostgreSQL database (`admin_token`, `notifications_secret`);
 /// `None` until it is there.
 pub async fn pg_setting(url: &str, name: &str) -> Option<String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .ok()?;
+    // Through the daemon's own TLS setup, so that `sslmode`/`sslrootcert` in `url` hold here too.
+    let (config, tls) =
+        preflix_webhookd::store::postgres::tls::connect_config(url, "the test URL").ok()?;
+    let (client, conn) = config.connect(tls).await.ok()?;
     tokio::spawn(conn);
     let row = client
         .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])

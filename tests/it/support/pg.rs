@@ -1,5 +1,5 @@
 //! A throwaway PostgreSQL cluster per test: `initdb` into a temp dir, `pg_ctl` on a socket in that
-//! dir (no TCP), stopped on drop. Nothing relies on a server left running on the machine.
+//! dir (no TCP; [`PgCluster::start_tls`] adds 127.0.0.1 with TLS required there), stopped on drop. Nothing relies on a server left running on the machine.
 //!
 //! As root the server runs as `postgres` (through `runuser -u postgres --`, the temp dir chowned
 //! to it); otherwise as the current user. Binaries come from `/usr/lib/postgresql/<newest>/bin`,
@@ -73,6 +73,17 @@ impl PgCluster {
     }
 
     pub fn start_with(fsync: bool) -> PgCluster {
+        PgCluster::start_inner(fsync, None)
+    }
+
+    /// Also listening on 127.0.0.1 (a free port, see [`PgCluster::tcp_url`]) with `ssl = on`, the
+    /// server certificate chain and key given in PEM; TCP connections must use TLS (`hostssl` only
+    /// in pg_hba.conf: a clear-text one is refused with "no encryption"). The unix socket stays.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        PgCluster::start_inner(false, Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(fsync: bool, tls: Option<(&str, &str)>) -> PgCluster {
         let bin = bin_dir();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -87,7 +98,14 @@ impl PgCluster {
                 .expect("chown runs");
             assert!(ok.success(), "chown of the PostgreSQL temp dir failed");
         }
-        let port = 20000 + (std::process::id() % 20000) as u16;
+        let port = match tls {
+            None => 20000 + (std::process::id() % 20000) as u16,
+            // Listening on TCP: a port nothing holds now.
+            Some(_) => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port(),
+        };
         let cluster = PgCluster {
             dir,
             bin,
@@ -110,21 +128,41 @@ impl PgCluster {
                 "UTF8",
             ],
         );
-        let conf = format!(
+        let mut conf = format!(
             "fsync = {}\nmax_connections = 200\nshared_buffers = 64MB\nlisten_addresses = ''\n\
              unix_socket_directories = '{}'\nport = {}\n",
             if fsync { "on" } else { "off" },
             cluster.dir.path().display(),
             cluster.port
         );
-        let conf_path = cluster.dir.path().join("data/postgresql.auto.conf");
-        std::fs::write(&conf_path, conf).expect("write postgresql.auto.conf");
-        if as_postgres {
-            Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&conf_path)
-                .status()
-                .expect("chown runs");
+        let mut files = vec![("postgresql.auto.conf", String::new())];
+        if let Some((cert, key)) = tls {
+            conf.push_str(
+                "listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = 'server.crt'\n\
+                 ssl_key_file = 'server.key'\n",
+            );
+            files.push(("server.crt", cert.to_string()));
+            files.push(("server.key", key.to_string()));
+            files.push((
+                "pg_hba.conf",
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n".to_string(),
+            ));
+        }
+        files[0].1 = conf;
+        for (name, content) in files {
+            let path = cluster.dir.path().join("data").join(name);
+            std::fs::write(&path, content).expect("write into the data directory");
+            if as_postgres {
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&path)
+                    .status()
+                    .expect("chown runs");
+            }
+            // PostgreSQL refuses a key file others can read.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
         }
         cluster.start_server();
         cluster
@@ -225,6 +263,15 @@ impl PgCluster {
         format!(
             "host={} port={} user=postgres dbname={db}",
             self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// The connection string of `db` over TCP on 127.0.0.1 (a cluster from
+    /// [`PgCluster::start_tls`]), without any `sslmode`.
+    pub fn tcp_url(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
             self.port
         )
     }
