@@ -33,7 +33,7 @@ pub enum MigrateError {
 }
 
 impl MigrateError {
-    /// Exit codes (sysexits.h): 64 bad config, 65 damaged store, 69 database unreachable,
+    /// Exit codes (sysexits.h): 64 bad config (or TLS settings in the URL that cannot work), 65 damaged store, 69 database unreachable,
     /// 73 database not empty, 75 store in use (try again once the daemon is stopped).
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -48,6 +48,8 @@ impl MigrateError {
             MigrateError::Source { .. } => 1,
             MigrateError::NotEmpty(_) => 73,
             MigrateError::Target(StoreError::Unavailable(_)) => 69,
+            // TLS as the URL asks cannot work: a setting to change.
+            MigrateError::Target(StoreError::Tls(_)) => 64,
             MigrateError::Target(_) => 1,
         }
     }

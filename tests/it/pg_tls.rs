@@ -113,7 +113,13 @@ async fn sslmode_require_with_the_ca_serves_and_every_connection_is_encrypted() 
     c.create_endpoint("acme", "sandbox", &receiver.url("/hook"), &["*"])
         .await;
     let (status, body) = c
-        .post_event("acme", "sandbox", "evt_tls_1", "audit.completed", json!({"n": 1}))
+        .post_event(
+            "acme",
+            "sandbox",
+            "evt_tls_1",
+            "audit.completed",
+            json!({"n": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let got = receiver.wait_for(1, Duration::from_secs(30)).await;
@@ -122,7 +128,10 @@ async fn sslmode_require_with_the_ca_serves_and_every_connection_is_encrypted() 
     // The pool, the LISTEN connection and the leader session: all over TLS.
     let socket_url = cluster.url(&db);
     let (all, ssl) = encrypted_connections(&cluster, &socket_url, &db);
-    assert!(all >= 3, "the daemon holds at least 3 connections, saw {all}");
+    assert!(
+        all >= 3,
+        "the daemon holds at least 3 connections, saw {all}"
+    );
     assert_eq!(ssl, all, "every connection of the daemon is encrypted");
     daemon.stop().await;
 }
@@ -152,7 +161,10 @@ async fn verify_ca_accepts_a_certificate_for_another_host_name_that_require_refu
     };
     match PgStore::open(opts(url("require"))).await {
         Err(StoreError::Tls(why)) => {
-            assert!(why.contains("verify-ca"), "the message names the way out: {why}")
+            assert!(
+                why.contains("verify-ca"),
+                "the message names the way out: {why}"
+            )
         }
         Err(other) => panic!("expected a TLS refusal, got {other}"),
         Ok(_) => panic!("a certificate for another host name was accepted under require"),
@@ -181,7 +193,10 @@ fn a_certificate_from_another_ca_stops_start_up_with_the_setting_to_change() {
         eprintln!("{output}");
         assert_eq!(code, Some(64), "{output}");
         assert!(output.contains("certificate was refused"), "{output}");
-        assert!(output.contains("sslrootcert="), "names the setting: {output}");
+        assert!(
+            output.contains("sslrootcert="),
+            "names the setting: {output}"
+        );
         assert!(!output.contains("hunter2"), "never the password: {output}");
     }
 }
@@ -196,6 +211,9 @@ fn sslmode_disable_against_a_server_that_requires_tls_stops_start_up_clearly() {
     eprintln!("{output}");
     assert_eq!(code, Some(64), "{output}");
     assert!(output.contains("without TLS"), "{output}");
-    assert!(output.contains("sslmode=require"), "names the setting: {output}");
+    assert!(
+        output.contains("sslmode=require"),
+        "names the setting: {output}"
+    );
     assert!(!output.contains("hunter2"), "never the password: {output}");
 }

@@ -36,11 +36,11 @@ pub async fn import(
     src: &dyn ExportSource,
     settings: &[(&str, String)],
 ) -> Result<Copied, ImportError> {
-    let (config, tls) = super::tls::connect_config(url)?;
+    let (config, tls) = super::tls::connect_config(url, "the --to-postgres URL")?;
     let (mut client, connection) = tokio::time::timeout(super::OP_TIMEOUT, config.connect(tls))
         .await
         .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
-        .map_err(super::tls::connect_error)?;
+        .map_err(|e| super::tls::connect_error(e, "the --to-postgres URL"))?;
     let driver = tokio::spawn(connection);
     super::schema::migrate(&mut client).await?;
     let copied = copy(&mut client, keys, src, settings).await;

@@ -131,7 +131,7 @@ impl PgStore {
     /// Connects, brings the schema up to date (or refuses a newer one), loads the endpoints and
     /// starts the background tasks. Needs a tokio runtime.
     pub async fn open(opts: PgOptions) -> Result<PgStore, StoreError> {
-        let (mut config, tls) = tls::connect_config(&opts.url)?;
+        let (mut config, tls) = tls::connect_config(&opts.url, "storage.postgres.url")?;
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
@@ -141,7 +141,7 @@ impl PgStore {
             tokio::time::timeout(OP_TIMEOUT, config.connect(tls.clone()))
                 .await
                 .map_err(|_| StoreError::Unavailable("connecting to PostgreSQL timed out".into()))?
-                .map_err(tls::connect_error)?;
+                .map_err(|e| tls::connect_error(e, "storage.postgres.url"))?;
         let driver = tokio::spawn(connection);
         schema::migrate(&mut client).await?;
         drop(client);
@@ -748,11 +748,13 @@ impl PgStore {
     }
 
     async fn listen_once(&self) -> Result<(), StoreError> {
-        let (client, mut connection) =
-            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(self.inner.tls.clone()))
-                .await
-                .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
-                .map_err(db_error)?;
+        let (client, mut connection) = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.inner.config.connect(self.inner.tls.clone()),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
+        .map_err(db_error)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let driver = tokio::spawn(async move {
             loop {
@@ -804,11 +806,13 @@ impl PgStore {
     }
 
     async fn lead_once(&self) -> Result<(), StoreError> {
-        let (client, connection) =
-            tokio::time::timeout(OP_TIMEOUT, self.inner.config.connect(self.inner.tls.clone()))
-                .await
-                .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
-                .map_err(db_error)?;
+        let (client, connection) = tokio::time::timeout(
+            OP_TIMEOUT,
+            self.inner.config.connect(self.inner.tls.clone()),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
+        .map_err(db_error)?;
         let mut driver = tokio::spawn(connection);
         loop {
             let asked = tokio::time::timeout(OP_TIMEOUT, async {

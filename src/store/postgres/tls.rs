@@ -53,6 +53,8 @@ impl SslMode {
 pub struct MakeRustls {
     config: Arc<rustls::ClientConfig>,
     mode: SslMode,
+    /// Where the connection string came from, for messages: `storage.postgres.url`.
+    what: &'static str,
 }
 
 impl std::fmt::Debug for MakeRustls {
@@ -81,20 +83,22 @@ fn setting(reason: String) -> StoreError {
 }
 
 /// Parses `url` (URI or key-value form), takes out what tokio-postgres does not know
-/// (`sslrootcert`, `sslmode=verify-ca|verify-full`), and builds the connector.
-pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustls), StoreError> {
-    let (rest, mode, rootcert) = split(url)?;
+/// (`sslrootcert`, `sslmode=verify-ca|verify-full`), and builds the connector. `what` names the
+/// setting the URL came from in messages (`storage.postgres.url`, `the --to-postgres URL`).
+pub fn connect_config(
+    url: &str,
+    what: &'static str,
+) -> Result<(tokio_postgres::Config, MakeRustls), StoreError> {
+    let (rest, mode, rootcert) = split(url, what)?;
     let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
-        StoreError::Database(format!(
-            "storage.postgres.url is not a PostgreSQL connection string: {e}"
-        ))
+        StoreError::Database(format!("{what} is not a PostgreSQL connection string: {e}"))
     })?;
     config.ssl_mode(match mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     });
-    let roots = roots(rootcert.as_deref())?;
+    let roots = roots(rootcert.as_deref(), what)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -115,12 +119,13 @@ pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustls),
         MakeRustls {
             config: Arc::new(tls),
             mode,
+            what,
         },
     ))
 }
 
 /// The trust anchors: `sslrootcert`'s file, the system's (`sslrootcert=system`), or WebPKI's.
-fn roots(rootcert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
+fn roots(rootcert: Option<&str>, what: &str) -> Result<rustls::RootCertStore, StoreError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match rootcert {
@@ -130,20 +135,16 @@ fn roots(rootcert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(setting(
-                    "sslrootcert=system in storage.postgres.url, but the system has no usable \
-                     CA certificates"
-                        .into(),
-                ));
+                return Err(setting(format!(
+                    "sslrootcert=system in {what}, but the system has no usable CA certificates"
+                )));
             }
         }
         Some(path) => {
-            let failed = |why: String| {
-                setting(format!(
-                    "sslrootcert in storage.postgres.url: the file {path} {why}"
-                ))
-            };
-            let content = std::fs::read(path).map_err(|e| failed(format!("cannot be read: {e}")))?;
+            let failed =
+                |why: String| setting(format!("sslrootcert in {what}: the file {path} {why}"));
+            let content =
+                std::fs::read(path).map_err(|e| failed(format!("cannot be read: {e}")))?;
             let certs = CertificateDer::pem_slice_iter(&content)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| failed(format!("is not valid PEM: {e}")))?;
@@ -166,7 +167,7 @@ fn roots(rootcert: Option<&str>) -> Result<rustls::RootCertStore, StoreError> {
 }
 
 /// Splits the connection string into what tokio-postgres parses and the TLS settings.
-fn split(url: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
+fn split(url: &str, what: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
     let is_uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let mut mode = SslMode::Prefer;
     let mut rootcert = None;
@@ -180,18 +181,16 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
                     "verify-ca" => SslMode::VerifyCa,
                     "verify-full" => SslMode::VerifyFull,
                     "allow" => {
-                        return Err(setting(
-                            "sslmode=allow in storage.postgres.url is not supported: use \
+                        return Err(setting(format!(
+                            "sslmode=allow in {what} is not supported: use \
                              prefer, require, verify-ca, verify-full or disable"
-                                .into(),
-                        ))
+                        )))
                     }
                     _ => {
-                        return Err(setting(
-                            "sslmode in storage.postgres.url is not one of disable, prefer, \
+                        return Err(setting(format!(
+                            "sslmode in {what} is not one of disable, prefer, \
                              require, verify-ca, verify-full"
-                                .into(),
-                        ))
+                        )))
                     }
                 };
                 Ok(true)
@@ -201,7 +200,7 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
                 Ok(true)
             }
             "sslcert" | "sslkey" | "sslpassword" | "sslcrl" => Err(setting(format!(
-                "{key} in storage.postgres.url is not supported (no client certificates): the \
+                "{key} in {what} is not supported (no client certificates): the \
                  daemon authenticates with a password or trust"
             ))),
             _ => Ok(false),
@@ -226,7 +225,7 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
         Ok((rest, mode, rootcert))
     } else {
         let mut kept = Vec::new();
-        for (key, raw, value) in key_values(url)? {
+        for (key, raw, value) in key_values(url, what)? {
             if !take(&key, &value)? {
                 kept.push(format!("{key}={raw}"));
             }
@@ -254,12 +253,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The `key = value` pairs of a libpq key-value string: (key, value as written, value unquoted).
-fn key_values(s: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+fn key_values(s: &str, what: &str) -> Result<Vec<(String, String, String)>, StoreError> {
     let bad = || {
-        StoreError::Database(
-            "storage.postgres.url is not a PostgreSQL connection string: a key without `=value`"
-                .into(),
-        )
+        StoreError::Database(format!(
+            "{what} is not a PostgreSQL connection string: a key without `=value`"
+        ))
     };
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -335,13 +333,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -390,6 +385,7 @@ where
         Ok(RustlsConnect {
             config: self.config.clone(),
             mode: self.mode,
+            what: self.what,
             name,
         })
     }
@@ -399,6 +395,7 @@ where
 pub struct RustlsConnect {
     config: Arc<rustls::ClientConfig>,
     mode: SslMode,
+    what: &'static str,
     name: Result<ServerName<'static>, TlsError>,
 }
 
@@ -416,14 +413,14 @@ where
             let connector = tokio_rustls::TlsConnector::from(self.config);
             match connector.connect(name, stream).await {
                 Ok(s) => Ok(RustlsStream(s)),
-                Err(e) => Err(explain(e, self.mode)),
+                Err(e) => Err(explain(e, self.mode, self.what)),
             }
         })
     }
 }
 
 /// The sentence for a failed handshake: what was refused, and which setting to change.
-fn explain(e: io::Error, mode: SslMode) -> TlsError {
+fn explain(e: io::Error, mode: SslMode, what: &str) -> TlsError {
     let cert = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -442,11 +439,15 @@ fn explain(e: io::Error, mode: SslMode) -> TlsError {
                 )
             });
         let hint = if name_only {
-            "the certificate does not name the host in storage.postgres.url: connect by a name \
-             it holds, or set sslmode=verify-ca to verify the CA only"
+            format!(
+                "the certificate does not name the host in {what}: connect by a name it holds, \
+                 or set sslmode=verify-ca to verify the CA only"
+            )
         } else {
-            "give the CA that signed it with sslrootcert=/path/to/ca.pem in \
-             storage.postgres.url (sslmode=disable connects without TLS, in clear text)"
+            format!(
+                "give the CA that signed it with sslrootcert=/path/to/ca.pem in {what} \
+                 (sslmode=disable connects without TLS, in clear text)"
+            )
         };
         TlsError(format!(
             "the PostgreSQL server's certificate was refused ({e}) under sslmode={}: {hint}",
@@ -510,7 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 /// A connect error as start-up reports it: a TLS refusal, or a server that wants TLS when
 /// `sslmode=disable`, becomes [`StoreError::Tls`] (a setting to change, exit 64); anything else
 /// is [`super::db_error`]'s answer.
-pub fn connect_error(e: tokio_postgres::Error) -> StoreError {
+pub fn connect_error(e: tokio_postgres::Error, what: &str) -> StoreError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<TlsError>() {
@@ -520,18 +521,16 @@ pub fn connect_error(e: tokio_postgres::Error) -> StoreError {
     }
     let text = e.to_string();
     if text.contains("server does not support TLS") {
-        return StoreError::Tls(
-            "the PostgreSQL server does not offer TLS, and storage.postgres.url asks for it \
-             (sslmode=require, verify-ca or verify-full): turn ssl on in the server, or set \
-             sslmode=prefer or disable"
-                .into(),
-        );
+        return StoreError::Tls(format!(
+            "the PostgreSQL server does not offer TLS, and {what} asks for it (sslmode=require, \
+             verify-ca or verify-full): turn ssl on in the server, or set sslmode=prefer or disable"
+        ));
     }
     if let Some(db) = e.as_db_error() {
         if db.code().code() == "28000" && db.message().contains("no encryption") {
             return StoreError::Tls(format!(
                 "PostgreSQL refused a connection without TLS ({}): set sslmode=require (with \
-                 sslrootcert=/path/to/ca.pem for a private CA) in storage.postgres.url",
+                 sslrootcert=/path/to/ca.pem for a private CA) in {what}",
                 db.message()
             ));
         }
@@ -543,16 +542,24 @@ pub fn connect_error(e: tokio_postgres::Error) -> StoreError {
 mod tests {
     use super::*;
 
+    fn split(url: &str) -> Result<(String, SslMode, Option<String>), StoreError> {
+        super::split(url, "storage.postgres.url")
+    }
+
     #[test]
     fn verify_modes_and_rootcert_are_taken_out_of_a_uri() {
-        let (rest, mode, root) =
-            split("postgres://u:p@db/x?sslmode=verify-ca&application_name=a&sslrootcert=%2Ftmp%2Fca.pem")
-                .unwrap();
+        let (rest, mode, root) = split(
+            "postgres://u:p@db/x?sslmode=verify-ca&application_name=a&sslrootcert=%2Ftmp%2Fca.pem",
+        )
+        .unwrap();
         assert_eq!(rest, "postgres://u:p@db/x?application_name=a");
         assert_eq!(mode, SslMode::VerifyCa);
         assert_eq!(root.as_deref(), Some("/tmp/ca.pem"));
         let (rest, mode, root) = split("postgres://db/x?sslmode=require").unwrap();
-        assert_eq!((rest.as_str(), mode, root), ("postgres://db/x", SslMode::Require, None));
+        assert_eq!(
+            (rest.as_str(), mode, root),
+            ("postgres://db/x", SslMode::Require, None)
+        );
         assert_eq!(split("postgres://db/x").unwrap().1, SslMode::Prefer);
     }
 
@@ -565,14 +572,18 @@ mod tests {
         assert_eq!(mode, SslMode::VerifyFull);
         assert_eq!(root.as_deref(), Some("/t/c a.pem"));
         assert!(rest.parse::<tokio_postgres::Config>().is_ok());
-        assert!(matches!(split("host=db sslmode=bogus"), Err(StoreError::Tls(_))));
+        assert!(matches!(
+            split("host=db sslmode=bogus"),
+            Err(StoreError::Tls(_))
+        ));
     }
 
     #[test]
     fn an_unreadable_rootcert_names_the_setting() {
-        let Err(StoreError::Tls(why)) =
-            connect_config("host=db password=hunter2 sslrootcert=/nonexistent/ca.pem")
-        else {
+        let Err(StoreError::Tls(why)) = connect_config(
+            "host=db password=hunter2 sslrootcert=/nonexistent/ca.pem",
+            "storage.postgres.url",
+        ) else {
             panic!("refused")
         };
         assert!(why.contains("sslrootcert"), "{why}");

@@ -161,8 +161,7 @@ impl PgCluster {
             }
             // PostgreSQL refuses a key file others can read.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
         cluster.start_server();
         cluster
