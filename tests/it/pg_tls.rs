@@ -2,7 +2,8 @@
 //! certificate from a CA the test makes (TCP connections must use TLS there): `sslmode=require`
 //! with `sslrootcert` serves, and every connection of the daemon is encrypted (`pg_stat_ssl`);
 //! a certificate from another CA, and `sslmode=disable`, stop the real binary with exit 64 and a
-//! sentence naming the setting, never the password; `verify-ca` skips the host name only.
+//! sentence naming the setting, never the password; `verify-ca` skips the host name only;
+//! `migrate --to-postgres` reads the same parameters from a URI.
 
 use crate::support::pg::{self, PgCluster};
 use crate::support::*;
@@ -216,4 +217,71 @@ fn sslmode_disable_against_a_server_that_requires_tls_stops_start_up_clearly() {
         "names the setting: {output}"
     );
     assert!(!output.contains("hunter2"), "never the password: {output}");
+}
+
+/// `migrate --to-postgres` with the URI form: `sslmode=verify-full&sslrootcert=` copies over TLS;
+/// the wrong CA stops it with exit 64, naming the URL it came from, never the password.
+#[test]
+fn migrate_to_postgres_honours_sslmode_and_sslrootcert_in_a_uri() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("webhookd test database CA");
+    let other = Ca::new("somebody else's CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let other_file = other.write(dir.path(), "other.pem");
+    let (cluster, db) = tls_cluster(&ca, &["127.0.0.1"]);
+    let port = cluster
+        .tcp_url(&db)
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .to_string();
+    // An empty sled store to copy.
+    let storage = dir.path().join("store");
+    drop(preflix_webhookd::store::sled::SledStore::open(&storage, 16 << 20).unwrap());
+    let config = dir.path().join("migrate.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\ndir = '{}'\n", storage.display()),
+    )
+    .unwrap();
+    let migrate = |rootcert: &Path| {
+        let root = rootcert.display().to_string().replace('/', "%2F");
+        let url = format!(
+            "postgres://postgres:hunter2@127.0.0.1:{port}/{db}?sslmode=verify-full&sslrootcert={root}"
+        );
+        let out = std::process::Command::new(binary())
+            .args(["migrate", "--to-postgres", &url, "--config"])
+            .arg(&config)
+            .env_remove("PREFLIX_WEBHOOKD_CONFIG")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, output) = migrate(&other_file);
+    assert_eq!(code, Some(64), "{output}");
+    assert!(output.contains("certificate was refused"), "{output}");
+    assert!(output.contains("--to-postgres URL"), "{output}");
+    assert!(!output.contains("hunter2"), "never the password: {output}");
+    let socket_url = cluster.url(&db);
+    assert_eq!(
+        cluster.psql(&socket_url, "SELECT to_regclass('events') IS NULL"),
+        "t",
+        "nothing was written"
+    );
+
+    let (code, output) = migrate(&ca_file);
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(
+        cluster.psql(&socket_url, "SELECT to_regclass('events') IS NOT NULL"),
+        "t",
+        "the schema is there"
+    );
 }

@@ -449,9 +449,14 @@ fn explain(e: io::Error, mode: SslMode, what: &str) -> TlsError {
                  (sslmode=disable connects without TLS, in clear text)"
             )
         };
+        let mode = match mode {
+            SslMode::Prefer => "sslmode=prefer (the default: TLS when the server offers it, \
+                                its certificate verified)"
+                .to_string(),
+            other => format!("sslmode={}", other.as_str()),
+        };
         TlsError(format!(
-            "the PostgreSQL server's certificate was refused ({e}) under sslmode={}: {hint}",
-            mode.as_str()
+            "the PostgreSQL server's certificate was refused ({e}) under {mode}: {hint}"
         ))
     } else {
         TlsError(format!("TLS handshake with PostgreSQL failed: {e}"))
