@@ -251,6 +251,8 @@ async fn start_and_run(
         None => None,
     };
     let housekeeping = tokio::spawn(housekeeping(state.clone(), shutdown.clone()));
+    // PostgreSQL: an attempt longer than the lease keeps its claim (store/postgres/leases.rs).
+    let lease_renewal = store.spawn_lease_renewal();
     let watchdog = tokio::spawn(watchdog(notifier.clone(), state.clone(), shutdown.clone()));
     state.ready.store(true, Ordering::SeqCst);
     notifier.send("READY=1");
@@ -265,6 +267,9 @@ async fn start_and_run(
     }
     let _ = housekeeping.await;
     let _ = watchdog.await;
+    if let Some(task) = lease_renewal {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -779,6 +779,15 @@ impl Store {
         }
     }
 
+    /// On PostgreSQL, starts renewing the leases of this node's attempts under way (every third
+    /// of `storage.postgres.lease`); sled has no leases.
+    pub fn spawn_lease_renewal(&self) -> Option<tokio::task::JoinHandle<()>> {
+        match self {
+            Store::Sled(_) => None,
+            Store::Postgres(s) => Some(tokio::spawn(s.clone().renew_loop())),
+        }
+    }
+
     /// One round of the operator notifications decided by time rather than by an attempt.
     pub async fn notice_round(&self, round: NoticeRound) -> Result<(), StoreError> {
         match self {

@@ -11,6 +11,7 @@
 //!   node heartbeat, and the leader session (`pg_try_advisory_lock`, lost with its connection).
 
 pub mod import;
+mod leases;
 mod notices;
 mod ops;
 mod partners;
