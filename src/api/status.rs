@@ -84,7 +84,61 @@ pub fn event_types() -> Response<Body> {
     json(StatusCode::OK, &json!({"event_types": types}))
 }
 
+/// `/status`. While the store cannot be reached (PostgreSQL down or restarting) it still answers
+/// 200 with what it knows: version, uptime, backend, node, and `storage.fault` saying why; the
+/// figures that need the store (`queue`, `dead_letters`, `totals`, `nodes`) are `null` and the
+/// endpoints are listed from the node's cache without their health. `/healthz` stays 503.
 pub async fn status(state: &AppState) -> ApiResult {
+    if let Some((Fault::Unavailable, _)) = state.store.fault() {
+        return Ok(unreachable_status(state));
+    }
+    match full_status(state).await {
+        Err(StoreError::Unavailable(_)) => Ok(unreachable_status(state)),
+        answer => Ok(answer?),
+    }
+}
+
+/// `/status` without the store's figures, while the store cannot be reached.
+fn unreachable_status(state: &AppState) -> Response<Body> {
+    let endpoints: Vec<Value> = state
+        .store
+        .endpoints()
+        .iter()
+        .filter(|ep| !crate::notifications::is_operator(ep))
+        .map(|ep| {
+            json!({
+                "id": endpoint_id(ep.num),
+                "partner_id": ep.partner_id,
+                "environment": ep.environment.as_str(),
+                "url": ep.url,
+                "enabled": ep.enabled,
+                "health": Value::Null,
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "backend": state.store.backend_name(),
+        "storage": storage_status(state),
+        "queue": Value::Null,
+        "dead_letters": Value::Null,
+        "totals": Value::Null,
+        "endpoints": endpoints,
+    });
+    if let Some(node) = state.store.node_name() {
+        body["node"] = json!(node);
+        body["nodes"] = Value::Null;
+    }
+    if body["storage"].get("fault").is_none() {
+        // Unreachable for this request although no fault was set yet: say so all the same.
+        body["storage"]["fault"] =
+            json!({"error": "storage_unavailable", "detail": "the store could not be read"});
+    }
+    json(StatusCode::OK, &body)
+}
+
+async fn full_status(state: &AppState) -> Result<Response<Body>, StoreError> {
     let c = state.store.counters().await?;
     let now = now_ms();
     // On PostgreSQL the figures are the cluster's: attempts under way are unexpired leases.
@@ -173,6 +227,9 @@ pub async fn status(state: &AppState) -> ApiResult {
     if let Some(nodes) = nodes {
         body["nodes"] = json!(nodes);
     }
+    if let Some(node) = state.store.node_name() {
+        body["node"] = json!(node);
+    }
     Ok(json(StatusCode::OK, &body))
 }
 
@@ -185,6 +242,14 @@ fn storage_status(state: &AppState) -> Value {
     }
     if let Some(mark) = state.store.damage_mark() {
         storage["damaged"] = json!({"since": mark.since, "detail": mark.detail});
+    }
+    // The fault `/healthz` answers 503 for, with its reason: `storage_full` or `storage_unavailable`.
+    if let Some((fault, detail)) = state.store.fault() {
+        let error = match fault {
+            Fault::Full => "storage_full",
+            Fault::Unavailable => "storage_unavailable",
+        };
+        storage["fault"] = json!({"error": error, "detail": detail});
     }
     storage
 }

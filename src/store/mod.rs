@@ -443,6 +443,14 @@ impl Store {
     }
 
     /// `"sled"` or `"postgres"`, for `/status`.
+    /// This node's name in a PostgreSQL cluster; `None` on sled.
+    pub fn node_name(&self) -> Option<&str> {
+        match self {
+            Store::Sled(_) => None,
+            Store::Postgres(s) => Some(s.node_name()),
+        }
+    }
+
     pub fn backend_name(&self) -> &'static str {
         match self {
             Store::Sled(_) => "sled",

@@ -20,6 +20,7 @@ mod partition;
 mod partner;
 mod partner_tokens;
 mod pg_leases;
+mod pg_status;
 mod pg_tls;
 mod pgstore;
 mod readme;
