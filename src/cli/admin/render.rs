@@ -91,6 +91,15 @@ pub(crate) fn render_status_at(v: &Value, now: u64) -> String {
         "storage       {} ({storage_bytes})",
         text(&v["storage"]["dir"])
     );
+    if let Some(fault) = v["storage"].get("fault") {
+        // The store cannot be read or written (PostgreSQL down, disk full): the figures below are "-".
+        let _ = writeln!(
+            s,
+            "STORAGE FAULT {}: {}",
+            text(&fault["error"]),
+            text(&fault["detail"])
+        );
+    }
     let oldest = match q["oldest_pending_age_seconds"].as_u64() {
         Some(age) => format!("oldest waiting {}", duration(age)),
         None => "nothing waiting".to_owned(),

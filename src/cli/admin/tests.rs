@@ -249,3 +249,21 @@ fn durations_and_sizes_are_short() {
     assert_eq!(bytes(1536), "1.5 KiB");
     assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
 }
+
+/// `/status` while the store cannot be reached (PostgreSQL down): the fault is printed, the figures
+/// the daemon could not read show as `-`.
+#[test]
+fn status_during_a_storage_fault_says_so() {
+    let v = json!({
+        "version": "0.1.0", "uptime_seconds": 5, "backend": "postgres", "node": "node-a",
+        "storage": {"bytes": null, "fault": {"error": "storage_unavailable",
+                    "detail": "PostgreSQL cannot be reached"}},
+        "queue": null, "dead_letters": null, "totals": null, "nodes": null, "endpoints": [],
+    });
+    let out = render_status_at(&v, 0);
+    assert!(
+        out.contains("STORAGE FAULT storage_unavailable: PostgreSQL cannot be reached"),
+        "{out}"
+    );
+    assert!(out.contains("dead letters  -"), "{out}");
+}
