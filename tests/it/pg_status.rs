@@ -68,3 +68,58 @@ async fn status_during_a_database_outage_says_so() {
     assert!(after["storage"].get("fault").is_none(), "{after}");
     assert_eq!(after["totals"]["events"], 1, "{after}");
 }
+
+fn names(status: &Value) -> Vec<String> {
+    status["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes: {status}"))
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `/status` lists the nodes seen within 30 s: a node stopped cleanly leaves the list at once
+/// (its row is removed), a node silent for longer is not listed, and the leader deletes the rows
+/// of nodes not seen for a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_lists_live_nodes_only() {
+    let pg = Arc::new(PgCluster::start());
+    let url = pg.create_db();
+    let node = |name: &'static str| {
+        move |c: &mut preflix_webhookd::config::Config| {
+            c.storage.postgres.node_name = Some(name.into());
+        }
+    };
+    let a = TestDaemon::start_on_postgres(pg.clone(), url.clone(), node("node-a")).await;
+    let mut b = TestDaemon::start_on_postgres(pg.clone(), url.clone(), node("node-b")).await;
+    let c = a.client();
+    assert_eq!(names(&c.get("/status").await.1), ["node-a", "node-b"]);
+    b.stop().await;
+    assert_eq!(names(&c.get("/status").await.1), ["node-a"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    pg.psql(
+        &url,
+        &format!(
+            "INSERT INTO nodes (name, last_seen_ms, in_flight) VALUES ('quiet', {}, 0), \
+             ('long-gone', {}, 0)",
+            now - 40_000,
+            now - 2 * 24 * 3600 * 1000
+        ),
+    );
+    assert_eq!(names(&c.get("/status").await.1), ["node-a"]);
+    // The leader (node-a, the only one) removes the day-old row, and only that one.
+    wait_until_async(WAIT, || async {
+        pg.psql(&url, "SELECT count(*) FROM nodes WHERE name = 'long-gone'") == "0"
+    })
+    .await;
+    assert_eq!(
+        pg.psql(
+            &url,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM nodes"
+        ),
+        "node-a,quiet"
+    );
+}

@@ -12,6 +12,7 @@
 
 pub mod import;
 mod leases;
+mod nodes;
 mod notices;
 mod ops;
 mod partners;
@@ -40,6 +41,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 const INGEST_COMMITTERS: usize = 4;
 /// The node heartbeat, in probe ticks.
 const HEARTBEAT_TICKS: u32 = 2;
+/// Probe ticks between the leader's removals of nodes not seen for a day.
+const FORGET_TICKS: u32 = 10;
 /// The endpoint cache is reloaded this often, in probe ticks, besides every `NOTIFY`.
 const REFRESH_TICKS: u32 = 5;
 
@@ -212,14 +215,19 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Stops the background tasks and closes the pool. The node's row stays (with its last
-    /// heartbeat); its claims, if any are left, are taken over when their lease runs out.
+    /// Stops the background tasks, removes this node's row from `nodes` (its `counters` row
+    /// stays) and closes the pool; its claims, if any are left, are taken over when their lease
+    /// runs out.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.inner.closed.store(true, Ordering::Release);
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
         for t in tasks {
             t.abort();
         }
+        // The heartbeat has stopped: leave `/status`'s list of nodes at once.
+        if let Err(e) = self.leave().await {
+            tracing::debug!(error = %e, "could not remove this node's row");
+        }
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.pool.close();
         Ok(())
     }
@@ -534,7 +542,9 @@ impl PgStore {
     /// The nodes that have ever run on this database, with their last heartbeat.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         self.timed(async {
-            let rows = self.read_all(sql::NODES, &[]).await?;
+            let rows = self
+                .read_all(nodes::RECENT, &[&self.seen_since_ms()])
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| NodeInfo {
@@ -730,6 +740,9 @@ impl PgStore {
             }
             if tick % HEARTBEAT_TICKS == 0 {
                 let _ = self.heartbeat().await;
+            }
+            if tick % FORGET_TICKS == 0 {
+                let _ = self.forget_stale_nodes().await;
             }
             if tick % REFRESH_TICKS == 0 {
                 let _ = self.load_endpoints(false).await;

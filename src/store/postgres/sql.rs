@@ -28,7 +28,6 @@ pub const SETTING_GET: &str = "SELECT value FROM settings WHERE name = $1";
 
 pub const NODE_HEARTBEAT: &str = "INSERT INTO nodes (name, last_seen_ms, in_flight) VALUES ($1, $2, $3) \
      ON CONFLICT (name) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, in_flight = excluded.in_flight";
-pub const NODES: &str = "SELECT name, last_seen_ms, in_flight FROM nodes ORDER BY name";
 
 pub const COUNTERS_ROW: &str =
     "INSERT INTO counters (node) VALUES ($1) ON CONFLICT (node) DO NOTHING";
