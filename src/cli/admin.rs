@@ -6,7 +6,8 @@
 //! `PREFLIX_WEBHOOKD_CONFIG`, else the defaults) gives `server.listen` for the URL and the admin
 //! token through [`config::load_admin_token`]. `--url` and `--token-file` override either. Unlike
 //! the daemon, the CLI never generates a token: a missing token file is an error that says to pass
-//! `--token-file`.
+//! `--token-file`. On PostgreSQL without a token file or credential, the token is the one the nodes
+//! keep in the database (`settings`), read over the config's connection.
 //!
 //! Exit codes: 0 on success; 1 when the daemon refuses the request (its `error.message` and `code`
 //! are printed), cannot be reached, or the token cannot be read; 64 for a bad config file, as for
@@ -271,7 +272,7 @@ impl From<io::Error> for AdminError {
 /// Runs one admin command, writing its output to `out`; needs a tokio runtime with I/O and time.
 pub async fn run(command: &AdminCommand, out: &mut dyn Write) -> Result<(), AdminError> {
     let options = command.options();
-    let client = Client::from_options(&options, &config::process_env)?;
+    let client = Client::from_options_or_database(&options, &config::process_env).await?;
     let reply = match command {
         AdminCommand::Status(_) => client.request(Method::GET, "/status", None).await?,
         AdminCommand::Endpoints(command) => endpoints_request(&client, command).await?,

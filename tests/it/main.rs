@@ -19,6 +19,7 @@ mod operate;
 mod partition;
 mod partner;
 mod partner_tokens;
+mod pg_cli;
 mod pg_leases;
 mod pg_status;
 mod pg_tls;

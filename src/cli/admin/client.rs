@@ -56,6 +56,48 @@ impl Client {
         })
     }
 
+    /// [`Client::from_options`], and on PostgreSQL without a token file or credential, the admin
+    /// token the first node generated into the database (table `settings`), read over the
+    /// config's `storage.postgres` connection.
+    pub(crate) async fn from_options_or_database(
+        options: &AdminOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Client, AdminError> {
+        if options.token_file.is_none() {
+            let config =
+                Config::load_with_env(options.config.as_deref(), env).map_err(|e| AdminError {
+                    message: e.to_string(),
+                    exit_code: EXIT_CONFIG,
+                })?;
+            let credential = env("CREDENTIALS_DIRECTORY")
+                .filter(|dir| !dir.is_empty())
+                .map(|dir| PathBuf::from(dir).join("admin_token"))
+                .filter(|path| !is_missing(path));
+            let url = config::load_postgres_url(&config, env).map_err(|e| AdminError {
+                message: e.to_string(),
+                exit_code: EXIT_CONFIG,
+            })?;
+            if let (None, None, Some(url)) = (&config.server.token_file, credential, url) {
+                let token = crate::store::postgres::setting::read_setting(&url, "admin_token")
+                    .await
+                    .map_err(|e| AdminError::new(format!("cannot read the admin token from PostgreSQL: {e}")))?
+                    .ok_or_else(|| AdminError::new(
+                        "no admin token in the PostgreSQL database yet (no node has started); pass --token-file FILE".to_string(),
+                    ))?;
+                let base = match &options.url {
+                    Some(url) => BaseUrl::parse(url)?,
+                    None => BaseUrl::from_listen(config.server.listen)?,
+                };
+                return Ok(Client {
+                    base,
+                    token,
+                    token_source: "PostgreSQL table settings".into(),
+                });
+            }
+        }
+        Client::from_options(options, env)
+    }
+
     /// Sends one request on a fresh connection; returns the body of a 2xx answer, or the daemon's
     /// error as an [`AdminError`].
     pub(crate) async fn request(

@@ -18,6 +18,7 @@ mod ops;
 mod partners;
 mod rows;
 pub mod schema;
+pub mod setting;
 pub mod sql;
 pub mod tls;
 
