@@ -286,6 +286,43 @@ pub struct Settlement {
     pub disable_after_ms: u64,
 }
 
+impl Settlement {
+    /// How this attempt changes its endpoint's health, and the reason to disable the endpoint if it
+    /// must be (a 410, or failing without a success for `disable_after_ms`): the one rule both
+    /// backends apply inside their settle transaction.
+    pub fn apply_to_health(&self, health: &mut EndpointHealth) -> Option<String> {
+        let now = self.attempt.at_ms;
+        health.last_status_code = self.attempt.status_code;
+        if self.outcome == SettleOutcome::Succeeded {
+            health.consecutive_failures = 0;
+            health.last_success_at_ms = Some(now);
+            health.failing_since_ms = None;
+            return None;
+        }
+        health.last_error = Some(match (&self.attempt.error, self.attempt.status_code) {
+            (Some(error), _) => error.clone(),
+            (None, Some(code)) => format!("HTTP {code}"),
+            (None, None) => "no response".to_string(),
+        });
+        health.consecutive_failures += 1;
+        health.last_failure_at_ms = Some(now);
+        let since = *health.failing_since_ms.get_or_insert(now);
+        if self.outcome
+            == (SettleOutcome::Dead {
+                reason: DeadReason::EndpointGone,
+            })
+        {
+            return Some("the endpoint answered 410 Gone".to_string());
+        }
+        (now.saturating_sub(since) >= self.disable_after_ms).then(|| {
+            format!(
+                "failing without a success since {}",
+                crate::model::format_time(since)
+            )
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettleOutcome {
     Succeeded,

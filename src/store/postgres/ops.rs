@@ -815,25 +815,14 @@ impl PgStore {
                 s.attempt.duration_ms,
             );
             let now = s.attempt.at_ms;
-            let health = &mut ep.health;
-            health.last_status_code = s.attempt.status_code;
-            if s.outcome != SettleOutcome::Succeeded {
-                health.last_error = Some(match (&s.attempt.error, s.attempt.status_code) {
-                    (Some(error), _) => error.clone(),
-                    (None, Some(code)) => format!("HTTP {code}"),
-                    (None, None) => "no response".to_string(),
-                });
-            }
-            let mut disable = None;
+            let was_failing = ep.health.failing_since_ms.is_some();
+            let disable = s.apply_to_health(&mut ep.health);
             match s.outcome {
                 SettleOutcome::Succeeded => {
                     upd.push(&d, 1, None, false, attempt);
-                    if health.failing_since_ms.is_some() {
+                    if was_failing {
                         notes.successes.push((d.endpoint_num, now));
                     }
-                    health.consecutive_failures = 0;
-                    health.last_success_at_ms = Some(now);
-                    health.failing_since_ms = None;
                     delta.pending -= 1;
                     delta.retrying -= i64::from(was_retrying);
                     delta.deliveries_succeeded += 1;
@@ -841,13 +830,11 @@ impl PgStore {
                 }
                 SettleOutcome::Retry { at_ms } => {
                     upd.push(&d, 0, Some(at_ms), true, attempt);
-                    note_failure(health, now);
                     delta.retrying += i64::from(!was_retrying);
                     delta.attempts_failed += 1;
                 }
                 SettleOutcome::Dead { reason } => {
                     upd.push(&d, 2, None, false, attempt);
-                    note_failure(health, now);
                     d.attempts.push(s.attempt.clone());
                     let round =
                         &d.attempts[(d.attempts_before_redrive as usize).min(d.attempts.len())..];
@@ -857,19 +844,6 @@ impl PgStore {
                     delta.attempts_failed += 1;
                     delta.deliveries_dead += 1;
                     delta.dead_letters += 1;
-                    if reason == DeadReason::EndpointGone {
-                        disable = Some("the endpoint answered 410 Gone".to_string());
-                    }
-                }
-            }
-            if disable.is_none() {
-                if let Some(since) = health.failing_since_ms {
-                    if now.saturating_sub(since) >= s.disable_after_ms {
-                        disable = Some(format!(
-                            "failing without a success since {}",
-                            crate::model::format_time(since)
-                        ));
-                    }
                 }
             }
             if let Some(reason) = disable {
@@ -1232,12 +1206,6 @@ impl DeadRows {
         self.dead_at.push(rows::i(now));
         self.reason.push(rows::reason_text(reason));
     }
-}
-
-fn note_failure(health: &mut EndpointHealth, now: u64) {
-    health.consecutive_failures += 1;
-    health.last_failure_at_ms = Some(now);
-    health.failing_since_ms.get_or_insert(now);
 }
 
 fn same_or_conflict(stored_hash: &[u8], ev: &NewEvent, deliveries: u32) -> IngestOutcome {

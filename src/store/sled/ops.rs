@@ -9,8 +9,7 @@ use super::{
     Settlement, SledStore, StoreError,
 };
 use crate::model::{
-    DeadLetter, DeadReason, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Event,
-    EventIdRecord,
+    DeadLetter, Delivery, DeliveryStatus, Endpoint, EndpointHealth, Event, EventIdRecord,
 };
 use crate::store::{admit, Audience};
 
@@ -532,22 +531,11 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
     let mut health: EndpointHealth = tx
         .get(TreeId::Health, &u64_key(ep.num))?
         .unwrap_or_default();
-    health.last_status_code = s.attempt.status_code;
-    if s.outcome != SettleOutcome::Succeeded {
-        health.last_error = Some(match (&s.attempt.error, s.attempt.status_code) {
-            (Some(error), _) => error.clone(),
-            (None, Some(code)) => format!("HTTP {code}"),
-            (None, None) => "no response".to_string(),
-        });
-    }
-    let mut disable = None;
+    let disable = s.apply_to_health(&mut health);
     match s.outcome {
         SettleOutcome::Succeeded => {
             d.status = DeliveryStatus::Succeeded;
             d.next_attempt_at_ms = None;
-            health.consecutive_failures = 0;
-            health.last_success_at_ms = Some(now);
-            health.failing_since_ms = None;
             super::notices::succeeded(tx, &ep, now)?;
             tx.pending_delta(ep.num, -1);
             let mut c = tx.counters();
@@ -561,7 +549,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         SettleOutcome::Retry { at_ms } => {
             d.next_attempt_at_ms = Some(at_ms);
             enqueue(tx, &ep, s.claim.delivery, at_ms, true)?;
-            note_failure(&mut health, now);
             let mut c = tx.counters();
             if !was_retrying {
                 c.retrying += 1;
@@ -571,7 +558,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
         SettleOutcome::Dead { reason } => {
             d.status = DeliveryStatus::Dead;
             d.next_attempt_at_ms = None;
-            note_failure(&mut health, now);
             let round = &d.attempts[d.attempts_before_redrive as usize..];
             let dl = DeadLetter {
                 seq: tx.generate_id()?,
@@ -588,9 +574,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
             tx.put(TreeId::DeadLetters, &u64_key(dl.seq), &dl)?;
             super::notices::dead_lettered(tx, &ep, dl.seq)?;
             tx.pending_delta(ep.num, -1);
-            if reason == DeadReason::EndpointGone {
-                disable = Some("the endpoint answered 410 Gone".to_string());
-            }
             let mut c = tx.counters();
             c.pending -= 1;
             if was_retrying {
@@ -599,16 +582,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
             c.attempts_failed += 1;
             c.deliveries_dead += 1;
             c.dead_letters += 1;
-        }
-    }
-    if disable.is_none() {
-        if let Some(since) = health.failing_since_ms {
-            if now.saturating_sub(since) >= s.disable_after_ms {
-                disable = Some(format!(
-                    "failing without a success since {}",
-                    crate::model::format_time(since)
-                ));
-            }
         }
     }
     if let Some(reason) = disable {
@@ -624,12 +597,6 @@ fn settle(tx: &Tx<'_>, s: &Settlement) -> TxResult<()> {
     }
     tx.put(TreeId::Health, &u64_key(ep.num), &health)?;
     put_delivery(tx, &d)
-}
-
-fn note_failure(health: &mut EndpointHealth, now: u64) {
-    health.consecutive_failures += 1;
-    health.last_failure_at_ms = Some(now);
-    health.failing_since_ms.get_or_insert(now);
 }
 
 fn retry_dead_letter(tx: &Tx<'_>, seq: u64, now_ms: u64) -> TxResult<Redrive> {
