@@ -24,6 +24,11 @@ async fn status_during_a_database_outage_says_so() {
     c.post_event("acme", "production", "evt_1", "audit.completed", json!({}))
         .await;
     receiver.wait_for(1, WAIT).await;
+    // The attempt's result is recorded a moment after the receiver saw it.
+    wait_until_async(WAIT, || async {
+        c.get("/status").await.1["queue"]["pending"] == 0
+    })
+    .await;
     let (code, before) = c.get("/status").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(before["node"], "node-a", "{before}");
