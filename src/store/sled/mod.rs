@@ -795,7 +795,7 @@ impl SledStore {
         Ok(recorded.into_values().collect())
     }
 
-    /// Events received at or after `since_ms`, in reception order, starting after event seq `after`.
+    /// Up to `limit` events in reception order, starting after event seq `after`.
     pub fn events_from(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         for item in self
